@@ -1,0 +1,1 @@
+"""The `sapnet` command line: a thin Typer layer over the library functions in `stages`."""

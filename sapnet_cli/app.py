@@ -1,0 +1,85 @@
+"""The Typer application: registers one command module per stage and maps errors to exit codes.
+
+Command modules live in :mod:`sapnet_cli.commands`; each exposes a plain function whose Typer-annotated
+parameters are the options. This module only wires them up, configures logging and turns
+:class:`stages.common.errors.SapnetError` into a one-line message and its exit code (no traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from sapnet_cli.commands import evaluate, export_pseudo, points, propose, select, train_seg
+from stages import __version__
+from stages.common.errors import SapnetError
+
+app = typer.Typer(
+    name="sapnet",
+    help=(
+        "Point-prompted instance segmentation (SAPNet, CVPR 2024) as a pipeline of stages:\n\n"
+        "points -> propose -> select -> export-pseudo -> train-seg.\n\n"
+        "Each stage reads and writes files; run `sapnet COMMAND --help` for its options."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"sapnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+app.command("points")(points.points)
+app.command("propose")(propose.propose)
+app.command("select")(select.select)
+app.command("export-pseudo")(export_pseudo.export_pseudo)
+app.command("evaluate")(evaluate.evaluate)
+app.command("train-seg")(train_seg.train_seg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `sapnet` console script; exits with the error's code on a SapnetError."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SapnetError as err:
+        typer.secho(f"sapnet: error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.secho("sapnet: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.secho("sapnet: interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors come through here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("SAPNET_DEBUG"):
+            raise
+        logging.getLogger("sapnet").exception("unexpected error")
+        sys.exit(1)
+    sys.exit(0)

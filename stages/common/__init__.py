@@ -1,0 +1,1 @@
+"""Shared data model of the pipeline: errors, point annotations, masks/RLE, configs, distributed env."""

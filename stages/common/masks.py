@@ -1,0 +1,104 @@
+"""Binary masks, COCO RLE and boxes.
+
+Conventions used across sapnet:
+- Masks are ``bool`` arrays ``(H, W)`` or ``(K, H, W)``, row = y, column = x.
+- Boxes are ``xyxy`` float32 in *edge* pixel coordinates: pixel column ``c`` spans ``[c, c+1)``, so a mask whose
+  columns run from ``c0`` to ``c1`` (inclusive) has ``x1 = c0`` and ``x2 = c1 + 1`` (COCO ``toBbox`` convention,
+  ``[x, y, w, h] -> [x, y, x + w, y + h]``). An empty mask has the box ``[0, 0, 0, 0]``.
+- Points are ``[x, y]`` in *pixel-index* coordinates: the centre of pixel (row r, col c) is ``(x=c, y=r)``
+  (the SAM / P2BNet / PointSup convention). Add 0.5 to compare a point with edge-coordinate boxes.
+- RLE ``counts`` are COCO *compressed* strings (ASCII), with ``size = [H, W]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def encode_masks(masks: np.ndarray) -> list[str]:
+    """Encode ``(K, H, W)`` bool masks to K compressed COCO RLE ``counts`` strings."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (K, H, W) masks, got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
+    return [r["counts"].decode("ascii") for r in mask_utils.encode(fortran)]
+
+
+def decode_rle(counts: str | bytes, height: int, width: int) -> np.ndarray:
+    """Decode one compressed RLE to an ``(H, W)`` bool mask."""
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    return mask_utils.decode({"size": [int(height), int(width)], "counts": counts}).astype(bool)
+
+
+def decode_rles(counts: list[str], height: int, width: int) -> np.ndarray:
+    """Decode K compressed RLEs of one image to ``(K, H, W)`` bool masks."""
+    if len(counts) == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    rles = [{"size": [int(height), int(width)], "counts": c.encode("ascii")} for c in counts]
+    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+
+
+def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to an ``(H, W)`` bool mask."""
+    if isinstance(segmentation, list):
+        if len(segmentation) == 0:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    elif isinstance(segmentation, dict):
+        counts = segmentation["counts"]
+        rle = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    else:
+        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight ``xyxy`` boxes (edge coordinates) of ``(K, H, W)`` bool masks, vectorised; empty -> zeros.
+
+    Returns ``(K, 4)`` float32.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    k = masks.shape[0]
+    boxes = np.zeros((k, 4), dtype=np.float32)
+    if k == 0:
+        return boxes
+    cols = masks.any(axis=1)  # (K, W)
+    rows = masks.any(axis=2)  # (K, H)
+    nonempty = cols.any(axis=1)
+    w, h = cols.shape[1], rows.shape[1]
+    x1 = np.argmax(cols, axis=1)
+    x2 = w - np.argmax(cols[:, ::-1], axis=1)
+    y1 = np.argmax(rows, axis=1)
+    y2 = h - np.argmax(rows[:, ::-1], axis=1)
+    boxes[:] = np.stack([x1, y1, x2, y2], axis=1)
+    boxes[~nonempty] = 0.0
+    return boxes
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``xyxy`` boxes ``a (N, 4)`` and ``b (M, 4)`` -> ``(N, M)`` (0 where both are empty)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of bool masks ``a (N, H, W)`` and ``b (M, H, W)`` -> ``(N, M)`` float64."""
+    fa = np.asarray(a, dtype=bool).reshape(len(a), -1).astype(np.float32)
+    fb = np.asarray(b, dtype=bool).reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0).astype(np.float64)

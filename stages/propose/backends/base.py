@@ -1,0 +1,77 @@
+"""The proposal-backend interface.
+
+A backend turns one RGB image and the K annotated points on it into M class-agnostic mask proposals per point.
+The proposal *order is fixed and documented by each backend* (``proposal_order``) because later stages rely on it:
+the SAPNet selector treats proposals 0-2 as the point-prompt masks (BMS candidates).
+
+Backends register themselves in :data:`BACKENDS` under their CLI name (``sam``, ``mobile-sam``, ``classical``);
+:func:`get_backend` builds one from keyword options. Heavy imports (segment-anything, timm) happen inside the
+backend module, so importing this interface stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from stages.common.errors import InputError
+
+
+@dataclass
+class ProposalBatch:
+    """Proposals for a contiguous run of points of one image.
+
+    Attributes:
+        start: index (into the image's K points) of the first point of this batch.
+        masks: ``(B, M, H, W)`` bool masks at the image's original resolution.
+        scores: ``(B, M)`` float32 backend scores (SAM: predicted IoU; classical: stability score).
+    """
+
+    start: int
+    masks: np.ndarray
+    scores: np.ndarray
+
+
+@runtime_checkable
+class ProposalBackend(Protocol):
+    """What `sapnet propose` needs from a backend."""
+
+    name: str
+    num_proposals: int  # M
+    proposal_order: list[str]  # one human-readable description per proposal index
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-serialisable identity (model, checkpoint SHA-256, settings); a store refuses another one."""
+
+    def propose(self, image: np.ndarray, points: np.ndarray) -> Iterator[ProposalBatch]:
+        """Yield proposals for all points of one image.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB.
+            points: ``(K, 2)`` float32 ``[x, y]`` in pixel-index coordinates (pixel centre = integer).
+
+        Yields batches covering points ``0..K-1`` in order, each with masks ``(B, M, H, W)``.
+        """
+
+
+# name -> "module:factory"; the factory takes the keyword options of `get_backend`.
+BACKENDS: dict[str, str] = {
+    "classical": "stages.propose.backends.classical:build_classical_backend",
+    "sam": "stages.propose.backends.sam:build_sam_backend",
+    "mobile-sam": "stages.propose.backends.sam:build_mobile_sam_backend",
+}
+
+
+def get_backend(name: str, **options: Any) -> ProposalBackend:
+    """Build the backend registered as ``name`` with its keyword ``options``."""
+    if name not in BACKENDS:
+        raise InputError(f"unknown proposal backend {name!r}; choose one of {sorted(BACKENDS)}")
+    module_name, factory_name = BACKENDS[name].split(":")
+    factory: Callable[..., ProposalBackend] = getattr(
+        importlib.import_module(module_name), factory_name
+    )
+    return factory(**options)
