@@ -1,0 +1,1 @@
+"""`sapnet points`: sample one point per object inside its ground-truth mask."""
