@@ -107,7 +107,9 @@ def load_coco(path: str | Path, what: str = "annotations file") -> dict[str, Any
     """Load a COCO instances JSON and check its top-level structure (InputError otherwise)."""
     coco = load_json(path, what)
     if not isinstance(coco, dict):
-        raise InputError(f"{what} {path}: expected a JSON object with images/annotations/categories")
+        raise InputError(
+            f"{what} {path}: expected a JSON object with images/annotations/categories"
+        )
     for key in ("images", "annotations", "categories"):
         if key not in coco:
             raise InputError(f"{what} {path}: missing top-level key {key!r}")
@@ -132,7 +134,9 @@ def parse_images(coco: dict[str, Any], source: str) -> list[ImageRecord]:
         seen.add(image_id)
         height, width = int(img["height"]), int(img["width"])
         if height <= 0 or width <= 0:
-            raise InputError(f"{source}: image id {image_id} has a non-positive size {width}x{height}")
+            raise InputError(
+                f"{source}: image id {image_id} has a non-positive size {width}x{height}"
+            )
         records.append(ImageRecord(index, image_id, str(img["file_name"]), height, width))
     return records
 
@@ -210,7 +214,9 @@ def load_points(
         missing = [k for k in ("id", "image_id", "category_id") if k not in ann]
         if missing:
             problems.append(
-                Problem(source, f"annotations[{order}] is missing key(s) {', '.join(missing)}", ann_id)
+                Problem(
+                    source, f"annotations[{order}] is missing key(s) {', '.join(missing)}", ann_id
+                )
             )
             continue
         ann_id = int(ann["id"])
@@ -234,7 +240,9 @@ def load_points(
         if point is None:
             if require_points:
                 problems.append(
-                    Problem(source, "no point ('point' or positive 'point_coords')", ann_id, image_id)
+                    Problem(
+                        source, "no point ('point' or positive 'point_coords')", ann_id, image_id
+                    )
                 )
             continue
         img = by_id[image_id]

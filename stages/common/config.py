@@ -47,7 +47,9 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], source: str = "config f
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise InputError(f"unknown option(s) in {source}: {', '.join(unknown)}; known: {sorted(names)}")
+        raise InputError(
+            f"unknown option(s) in {source}: {', '.join(unknown)}; known: {sorted(names)}"
+        )
     return dataclasses.replace(cfg, **overrides)
 
 

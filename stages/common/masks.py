@@ -52,7 +52,10 @@ def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(segmentation, height, width)
     elif isinstance(segmentation, dict):
         counts = segmentation["counts"]
-        rle = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        rle = {
+            "size": segmentation["size"],
+            "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+        }
     else:
         raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
     return mask_utils.decode(rle).astype(bool)

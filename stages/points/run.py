@@ -67,7 +67,9 @@ def sample_points_checked(
     for ann in tqdm(anns, desc="points", unit="obj", disable=not progress):
         ann_id, image_id = ann.get("id"), ann.get("image_id")
         if ann_id is None or image_id is None:
-            problems.append(Problem(source, "annotation missing 'id' or 'image_id'", ann_id, image_id))
+            problems.append(
+                Problem(source, "annotation missing 'id' or 'image_id'", ann_id, image_id)
+            )
             continue
         if int(ann.get("iscrowd", 0)) == 1:
             continue
@@ -76,7 +78,9 @@ def sample_points_checked(
             problems.append(Problem(source, "unknown image id", ann_id, image_id))
             continue
         if not ann.get("segmentation"):
-            problems.append(Problem(source, "no 'segmentation' to sample a point in", ann_id, image_id))
+            problems.append(
+                Problem(source, "no 'segmentation' to sample a point in", ann_id, image_id)
+            )
             continue
         try:
             mask = segmentation_to_mask(ann["segmentation"], img.height, img.width)
@@ -101,7 +105,9 @@ def run_points(cfg: PointsConfig) -> PointsResult:
     coco = load_coco(cfg.annotations, "ground-truth annotations file")
     if Path(cfg.out).resolve() == Path(cfg.annotations).resolve():
         raise InputError(f"--out {cfg.out} would overwrite the input annotations file")
-    points, problems = sample_points_checked(coco, cfg.mode, cfg.seed, source, progress=cfg.progress)
+    points, problems = sample_points_checked(
+        coco, cfg.mode, cfg.seed, source, progress=cfg.progress
+    )
     if problems and cfg.on_error == "fail":
         listed = "\n  ".join(str(p) for p in problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""

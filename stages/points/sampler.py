@@ -45,7 +45,9 @@ def _gaussian_weights(mask_crop: np.ndarray) -> np.ndarray:
     return restricted if restricted.sum() > 0 else weights
 
 
-def sample_point_in_mask(mask: np.ndarray, mode: Mode, rng: np.random.Generator) -> tuple[float, float]:
+def sample_point_in_mask(
+    mask: np.ndarray, mode: Mode, rng: np.random.Generator
+) -> tuple[float, float]:
     """Sample one point ``(x, y)`` inside a non-empty ``(H, W)`` bool mask.
 
     Raises ValueError on an empty mask or an unknown mode.
