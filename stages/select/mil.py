@@ -192,7 +192,8 @@ def selection_scores(
     """
     idx = labels.long()[:, None, None].expand(-1, cls_logits.shape[1], 1)
     cls_prob = cls_logits.softmax(dim=-1).gather(-1, idx)[..., 0]
-    ins_prob = _instance_probs(ins_logits, valid).gather(-1, idx)[..., 0]
+    # the softmax over proposals is per class column: only the GT column is needed
+    ins_prob = _instance_probs(ins_logits.gather(-1, idx), valid)[..., 0]
     scores = cls_prob * ins_prob
     if valid is not None:
         scores = scores * valid.to(scores.dtype)
