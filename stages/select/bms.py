@@ -1,0 +1,100 @@
+"""BMS (Box Mining Strategy), METHOD.md section 6, and the box -> SAM-mask index of section 6.1.
+
+Boxes are ``xyxy`` floats in edge coordinates; areas ``(x2 - x1) * (y2 - y1)`` (no ``+1``) and the
+IoU of ``pnpg.box_iou_aligned`` (union clamped at 1e-6, as mmdet ``bbox_overlaps``).
+
+Algorithm (code behaviour, applied per object; vectorised over objects, sequential over the G
+candidates because each step sees the box merged so far)::
+
+    b <- selected box;  A_ref <- area(b);  best <- 0
+    for g in candidates (in order; the caller passes the FIRST 3 proposals of the bag):
+        if area(g) <= A_ref: skip                                  # only larger proposals
+        u <- IoU(b, g)                                             # b = current merged box
+        if u > t_min1 and u > best:                                # rule (i)
+            b <- (g + u b) / (1 + u);  best <- u;  A_ref <- area(g)
+        elif u > t_min2 and g contains b (tolerance) and u > best:  # rule (ii)
+            b <- (u g + b) / (1 + u);  best <- u;  A_ref <- area(g)
+
+"g contains b" is strict with the tolerance on every side: ``g.x1 - tol < b.x1``, ``g.y1 - tol <
+b.y1``, ``g.x2 + tol > b.x2``, ``g.y2 + tol > b.y2``. After a merge the area threshold is the
+merged PROPOSAL's area, not the merged box's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from stages.select.pnpg import box_area, box_iou_aligned
+
+BMS_T_MIN1 = 0.6
+"""Rule (i) IoU threshold (IoU-weighted merge with a larger proposal)."""
+BMS_T_MIN2 = 0.3
+"""Rule (ii) IoU threshold (merge with a larger proposal that contains the box)."""
+BMS_TOLERANCE = 2.0
+"""Containment tolerance of rule (ii), in pixels on each side."""
+BMS_NUM_CANDIDATES = 3
+"""The code's G: the first 3 proposals of the bag (the SAM point-prompt masks)."""
+
+
+@torch.no_grad()
+def box_mining(
+    selected: Tensor,
+    candidates: Tensor,
+    t_min1: float = BMS_T_MIN1,
+    t_min2: float = BMS_T_MIN2,
+    tolerance: float = BMS_TOLERANCE,
+) -> Tensor:
+    """Refine the selected box of every object with the BMS rules (see the module docstring).
+
+    Args:
+        selected: ``(N, 4)`` xyxy top-1 box per object (``box_select``, clamped to the image).
+        candidates: ``(N, G, 4)`` xyxy candidate proposals, in order (code: ``proposals[:, :3]``).
+        t_min1, t_min2: rule (i) / rule (ii) IoU thresholds (0.6 / 0.3).
+        tolerance: containment tolerance of rule (ii) in pixels (2).
+
+    Returns:
+        ``(N, 4)`` the mined box ``box_prm`` (a new tensor; the inputs are not modified).
+    """
+    b = selected.detach().clone()
+    cands = candidates.detach().to(b.dtype)
+    a_ref = box_area(b)
+    best = torch.zeros_like(a_ref)
+    for k in range(cands.shape[1]):
+        g = cands[:, k]
+        a_g = box_area(g)
+        larger = a_g > a_ref
+        u = box_iou_aligned(b, g)
+        rule1 = larger & (u > t_min1) & (u > best)
+        contains = (
+            (g[:, 0] - tolerance < b[:, 0])
+            & (g[:, 1] - tolerance < b[:, 1])
+            & (g[:, 2] + tolerance > b[:, 2])
+            & (g[:, 3] + tolerance > b[:, 3])
+        )
+        rule2 = larger & ~rule1 & (u > t_min2) & contains & (u > best)
+        uu = u[:, None]
+        merged1 = (g + uu * b) / (1.0 + uu)
+        merged2 = (uu * g + b) / (1.0 + uu)
+        b = torch.where(rule1[:, None], merged1, torch.where(rule2[:, None], merged2, b))
+        hit = rule1 | rule2
+        best = torch.where(hit, u, best)
+        a_ref = torch.where(hit, a_g, a_ref)
+    return b
+
+
+@torch.no_grad()
+def proposal_index_for_box(box: Tensor, proposals: Tensor) -> Tensor:
+    """Index of the proposal with the highest IoU with ``box``, ties -> lowest index.
+
+    Args:
+        box: ``(N, 4)`` xyxy (``box_prm``). proposals: ``(N, M, 4)`` xyxy (the object's SAM boxes).
+
+    Returns:
+        ``(N,)`` long; ``Mask_prm`` is SAM mask ``index`` of the object (METHOD.md 6.1).
+    """
+    iou = box_iou_aligned(box[:, None, :].to(proposals.dtype), proposals)  # (N, M)
+    best = iou.max(dim=1, keepdim=True).values
+    m = iou.shape[1]
+    index = torch.arange(m, device=iou.device).expand_as(iou)
+    return torch.where(iou == best, index, m).min(dim=1).values
