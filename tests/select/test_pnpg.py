@@ -49,7 +49,8 @@ def test_clip_boxes_per_object_sizes() -> None:
 
 
 def test_ppg_count_and_original_proposals_first() -> None:
-    proposals = torch.rand(3, 6, 2) * 50
+    # far enough from 0 that the >= 0 clamp never moves a centre
+    proposals = 20 + torch.rand(3, 6, 2, generator=torch.Generator().manual_seed(0)) * 50
     proposals = torch.cat([proposals, proposals + 10], dim=-1)
     base = proposals[:, 2]
     out = ppg_boxes(base, torch.tensor([1.0, 0.8, 0.6]), proposals)
@@ -160,8 +161,11 @@ def test_ppg_many_objects_fast() -> None:
     xy = torch.rand(n, 6, 2) * 500
     proposals = torch.cat([xy, xy + 1 + torch.rand(n, 6, 2) * 100], dim=-1)
     s_dis = torch.where(torch.rand(n) < 0.5, torch.ones(n), 0.5 + 0.5 * torch.rand(n))
-    start = time.perf_counter()
-    out = ppg_boxes(proposals[:, 0], s_dis, proposals)
-    part, valid = npg_part_negatives(proposals[:, 0])
-    assert time.perf_counter() - start < 0.5
+    elapsed = []
+    for _ in range(3):  # best of 3: the test machine is shared
+        start = time.perf_counter()
+        out = ppg_boxes(proposals[:, 0], s_dis, proposals)
+        part, valid = npg_part_negatives(proposals[:, 0])
+        elapsed.append(time.perf_counter() - start)
+    assert min(elapsed) < 0.5, elapsed
     assert out.shape == (n, 26, 4) and part.shape == (n, 4)
