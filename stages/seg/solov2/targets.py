@@ -132,11 +132,14 @@ class AssignedTargets:
     def pair_masks(self, level: int) -> Tensor:
         """Target masks ``(P, Hf, Wf)`` bool of the positive pairs of ``level``."""
         lv = self.levels[level]
-        return _gather_per_image(self.masks, lv.pos_image, lv.pos_instance)
+        return gather_per_image(self.masks, lv.pos_image, lv.pos_instance)
 
 
-def _gather_per_image(per_image: list[Tensor], image: Tensor, instance: Tensor) -> Tensor:
-    """Rows ``per_image[image[p]][instance[p]]`` for every pair p, as one tensor."""
+def gather_per_image(per_image: list[Tensor], image: Tensor, instance: Tensor) -> Tensor:
+    """Rows ``per_image[image[p]][instance[p]]`` for every pair p, as one tensor.
+
+    ``per_image``: B tensors ``(n_b, ...)`` with equal trailing shapes; ``image``, ``instance``: ``(P,)``.
+    """
     offsets = torch.tensor([0] + [len(t) for t in per_image], device=image.device).cumsum(0)
     return torch.cat(per_image)[offsets[image] + instance]
 
