@@ -17,6 +17,19 @@ from sapnet_cli.commands import evaluate, export_pseudo, points, propose, select
 from stages import __version__
 from stages.common.errors import SapnetError
 
+try:  # typer >= 0.20 vendors its own click; older versions use the click package
+    from typer._click.exceptions import ClickException as _VendoredClickException
+except ImportError:  # pragma: no cover - depends on the typer version
+    from click.exceptions import ClickException as _VendoredClickException
+
+_CLICK_ERRORS: tuple[type[Exception], ...] = (_VendoredClickException,)
+try:
+    import click as _click
+
+    _CLICK_ERRORS += (_click.exceptions.ClickException,)
+except ImportError:  # pragma: no cover
+    pass
+
 app = typer.Typer(
     name="sapnet",
     help=(
@@ -72,12 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors come through here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except _CLICK_ERRORS as exc:  # usage errors (bad option values) in standalone_mode=False
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception:
         if os.environ.get("SAPNET_DEBUG"):
             raise
         logging.getLogger("sapnet").exception("unexpected error")

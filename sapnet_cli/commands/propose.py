@@ -1,10 +1,108 @@
-"""`sapnet propose` (not implemented yet)."""
+"""`sapnet propose`: M class-agnostic mask proposals per annotated point, into a zarr store."""
 
 from __future__ import annotations
 
-from stages.common.errors import NotImplementedYet
+from pathlib import Path
+
+import typer
+
+from stages.propose.run import ProposeConfig, run_propose
 
 
-def propose() -> None:
-    """Not implemented yet: this stage has not landed."""
-    raise NotImplementedYet("`sapnet propose` is not implemented yet")
+def propose(
+    annotations: Path = typer.Option(
+        ..., "--annotations", help="Points JSON (COCO instances with 'point': [x, y] per object)."
+    ),
+    images: Path = typer.Option(
+        ..., "--images", help="Folder holding the images' file_name paths."
+    ),
+    store: Path = typer.Option(..., "--store", help="Output zarr store (OUT.zarr); resumable."),
+    backend: str = typer.Option(
+        "sam",
+        "--backend",
+        help="sam (segment-anything), mobile-sam (needs the 'mobile' extra), classical (weight-free, "
+        "for offline use and CI), or your own as package.module:factory.",
+    ),
+    model: str = typer.Option(
+        "vit_h",
+        "--model",
+        help="SAM variant: vit_h | vit_l | vit_b (mobile-sam always uses vit_t).",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="SAM checkpoint file. Default: $SAPNET_SAM_CHECKPOINT, else the official file, "
+        "downloaded once into the cache (checksum-verified).",
+    ),
+    proposals_per_point: int = typer.Option(
+        6, "--proposals-per-point", help="M proposals per point (SAPNet uses 6: 3 point + 3 box)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="I/N: process the I-th of N disjoint parts of the images, so N processes (GPUs or "
+        "machines on a shared filesystem) fill one store. Under torchrun it comes from RANK/WORLD_SIZE.",
+    ),
+    devices: str | None = typer.Option(
+        None,
+        "--devices",
+        help="Comma-separated devices, e.g. 0,1,2,3 (= cuda:0..3) or cpu,cpu: one worker per device on "
+        "this machine, each taking one shard.",
+    ),
+    batch_points: int = typer.Option(
+        64, "--batch-points", help="Points decoded together per SAM call (larger pays off on GPUs)."
+    ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 | bf16 | fp16 (autocast, CUDA only) for the SAM backends."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a store made from other inputs or another backend."
+    ),
+    on_error: str = typer.Option(
+        "fail",
+        "--on-error",
+        help="fail: stop at a bad annotation or image (finished work is kept); skip: record the "
+        "problem in the store and the log, and go on.",
+    ),
+    chunk_points: int = typer.Option(
+        512,
+        "--chunk-points",
+        help="Points per work unit / zarr chunk (the granularity of resuming and sharding).",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Turn every annotated point into M mask proposals (masks as RLE, boxes, scores) in a zarr store.
+
+    Rerunning the same command resumes an interrupted run and does nothing on a finished store.
+    """
+    if on_error not in ("fail", "skip"):
+        raise typer.BadParameter("choose fail or skip", param_hint="--on-error")
+    device_list = None
+    if devices:
+        device_list = [
+            d if not d.strip().isdigit() else f"cuda:{d.strip()}" for d in devices.split(",")
+        ]
+        device_list = [d.strip() for d in device_list if d.strip()]
+    cfg = ProposeConfig(
+        annotations=annotations,
+        images=images,
+        store=store,
+        backend=backend,
+        model=model,
+        checkpoint=checkpoint,
+        proposals_per_point=proposals_per_point,
+        device=device,
+        shard=shard,
+        batch_points=batch_points,
+        precision=precision,
+        overwrite=overwrite,
+        on_error=on_error,  # type: ignore[arg-type]
+        chunk_points=chunk_points,
+        devices=device_list,
+        progress=progress,
+    )
+    summary = run_propose(cfg)
+    typer.echo(summary.line())
+    for failure in summary.failures[:20]:
+        typer.echo(f"  failed: {failure}", err=True)

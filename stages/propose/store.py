@@ -159,6 +159,7 @@ class ProposalStore:
         num_proposals: int,
         proposal_order: list[str],
         chunk_points: int = 512,
+        extra_attrs: dict[str, Any] | None = None,
     ) -> ProposalStore:
         """Create a store for ``points`` atomically (built in a temporary folder, then renamed).
 
@@ -425,13 +426,13 @@ class ProposalStore:
         return [(int(self.objects.ann_id[i]), str(err[i])) for i in np.nonzero(err != "")[0]]
 
     def rle(self, objects: np.ndarray | list[int] | None = None) -> np.ndarray:
-        """``(k, M)`` RLE counts strings of the given object indices (all objects when None)."""
+        """``(k, M)`` object array of RLE counts strings of the given objects (all when None)."""
         rows = self.objects.rows if objects is None else self.objects.rows[np.asarray(objects)]
         arr = self.group["proposals/rle"]
         if len(rows) == 0:
             return np.zeros((0, self.num_proposals), dtype=object)
         lo, hi = int(rows.min()), int(rows.max()) + 1
-        return arr[lo:hi][rows - lo]
+        return np.asarray(arr[lo:hi][rows - lo], dtype=object)
 
     def object_masks(self, obj: int) -> np.ndarray:
         """``(M, H, W)`` bool proposal masks of one object."""
@@ -476,6 +477,11 @@ class ProposalStore:
         props["rle"][block] = pad(result.rle, "", object)
         props["error"][block] = pad(result.error, "", object)
         self.group["units/done"][unit : unit + 1] = np.ones(1, np.uint8)
+
+    def count_images(self, units: list[int]) -> int:
+        """How many images with at least one point the given units hold."""
+        ptr, counts = self.unit_image_ptr, self.images.num_points
+        return int(sum(np.count_nonzero(counts[ptr[u] : ptr[u + 1]]) for u in units))
 
     def units_for_shard(self, shard: int, num_shards: int) -> list[int]:
         """The work units of shard ``shard`` of ``num_shards`` (round-robin, disjoint, covering)."""

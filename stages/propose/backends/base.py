@@ -67,11 +67,25 @@ BACKENDS: dict[str, str] = {
 
 
 def get_backend(name: str, **options: Any) -> ProposalBackend:
-    """Build the backend registered as ``name`` with its keyword ``options``."""
-    if name not in BACKENDS:
-        raise InputError(f"unknown proposal backend {name!r}; choose one of {sorted(BACKENDS)}")
-    module_name, factory_name = BACKENDS[name].split(":")
-    factory: Callable[..., ProposalBackend] = getattr(
-        importlib.import_module(module_name), factory_name
-    )
+    """Build the backend registered as ``name`` with its keyword ``options``.
+
+    ``name`` may also be ``"package.module:factory"`` to plug in a backend of one's own without changing
+    sapnet (the factory receives the same keyword options as the built-in ones).
+    """
+    if name in BACKENDS:
+        target = BACKENDS[name]
+    elif ":" in name:
+        target = name
+    else:
+        raise InputError(
+            f"unknown proposal backend {name!r}; choose one of {sorted(BACKENDS)} "
+            "or give your own as package.module:factory"
+        )
+    module_name, factory_name = target.split(":", 1)
+    try:
+        factory: Callable[..., ProposalBackend] = getattr(
+            importlib.import_module(module_name), factory_name
+        )
+    except (ImportError, AttributeError) as err:
+        raise InputError(f"cannot load proposal backend {name!r}: {err}") from None
     return factory(**options)

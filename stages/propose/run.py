@@ -1,0 +1,330 @@
+"""`run_propose`: fill a proposal store with M mask proposals per annotated point.
+
+Resumable (finished work units are skipped; a killed unit is redone), shardable (``--shard I/N``, or RANK /
+WORLD_SIZE under torchrun, or one worker per listed device through ``torch.multiprocessing``), and safe for many
+writers on one store (see :mod:`stages.propose.store`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.common.annotations import OnError, PointSet, load_points, missing_image_files
+from stages.common.config import config_to_dict
+from stages.common.errors import InputError, StoreError
+from stages.common.io import read_image_rgb
+from stages.common.masks import encode_masks, masks_to_boxes
+from stages.propose.backends import ProposalBackend, get_backend
+from stages.propose.store import STATUS_DONE, STATUS_FAILED, ProposalStore, UnitResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProposeConfig:
+    """Options of `sapnet propose` (defaults: the SAPNet reference, M = 6)."""
+
+    annotations: Path
+    images: Path
+    store: Path
+    backend: str = "sam"
+    model: str = "vit_h"
+    checkpoint: Path | None = None
+    proposals_per_point: int = 6
+    device: str = "cpu"
+    shard: str | None = None
+    batch_points: int = 64
+    precision: str = "fp32"
+    overwrite: bool = False
+    on_error: OnError = "fail"
+    chunk_points: int = 512
+    devices: list[str] | None = None
+    progress: bool = True
+
+
+@dataclass
+class ProposeSummary:
+    """What one `run_propose` call did (for its shard)."""
+
+    store: Path
+    shard: tuple[int, int]
+    images_done: int = 0
+    images_skipped: int = 0
+    images_failed: int = 0
+    points: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    failures: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        i, n = self.shard
+        state = "store complete" if self.complete else "store incomplete (other shards pending)"
+        return (
+            f"shard {i}/{n}: {self.images_done} image(s) done, {self.images_skipped} already done, "
+            f"{self.images_failed} failed; {self.points} point(s) in {self.seconds:.1f} s; {state}"
+        )
+
+
+def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)``; without it, RANK/WORLD_SIZE from the environment (torchrun), else ``(0, 1)``."""
+    env = os.environ if env is None else env
+    if shard is None:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            shard = f"{env['RANK']}/{env['WORLD_SIZE']}"
+        else:
+            return 0, 1
+    try:
+        i_str, n_str = shard.split("/")
+        i, n = int(i_str), int(n_str)
+    except ValueError:
+        raise InputError(f"--shard must look like I/N (e.g. 0/4), got {shard!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {shard}: need 0 <= I < N")
+    return i, n
+
+
+OVERWRITE_WAIT_S = 600.0
+
+
+def _open_or_create(
+    cfg: ProposeConfig, points: PointSet, backend: ProposalBackend, shard: tuple[int, int]
+) -> ProposalStore:
+    """Open the store if it matches these inputs; create it if absent; refuse a foreign one.
+
+    With ``--overwrite`` only shard 0 replaces a foreign store; the other shards of the same run wait for
+    the replacement to appear, so concurrent workers never delete each other's fresh store.
+    """
+    fingerprint = {
+        "source_sha256": points.sha256,
+        "backend": backend.fingerprint(),
+        "num_proposals": int(backend.num_proposals),
+        "chunk_points": int(cfg.chunk_points),
+    }
+    path = Path(cfg.store)
+    deadline = time.time() + OVERWRITE_WAIT_S
+    while (path / "zarr.json").is_file():
+        store = ProposalStore.open(path, mode="r+")
+        if store.fingerprint == fingerprint:
+            return store
+        if not cfg.overwrite:
+            diffs = [k for k in fingerprint if store.fingerprint.get(k) != fingerprint[k]]
+            raise StoreError(
+                f"{path} was made from other inputs or another backend (differs in: "
+                f"{', '.join(diffs)}); use --overwrite to replace it or choose another --store"
+            )
+        if shard[0] == 0:
+            log.warning("--overwrite: removing the existing store %s", path)
+            _remove_store(path)
+            break
+        if time.time() > deadline:
+            raise StoreError(f"gave up waiting for shard 0 to replace the store {path}")
+        log.info("waiting for shard 0 to replace the store %s (--overwrite)", path)
+        time.sleep(2.0)
+    if path.exists() and not (path / "zarr.json").is_file():
+        if path.is_file() or any(path.iterdir()):
+            raise StoreError(f"{path} exists and is not a proposal store; choose another --store")
+        path.rmdir()
+    return ProposalStore.create(
+        path,
+        points,
+        backend.fingerprint(),
+        backend.num_proposals,
+        backend.proposal_order,
+        chunk_points=cfg.chunk_points,
+        extra_attrs={"propose_config": config_to_dict(cfg)},
+    )
+
+
+def _remove_store(path: Path) -> None:
+    import shutil
+
+    trash = path.with_name(f".{path.name}.trash-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _propose_unit(
+    store: ProposalStore,
+    unit: int,
+    points: PointSet,
+    backend: ProposalBackend,
+    images_dir: Path,
+    on_error: OnError,
+    bar: tqdm,
+    summary: ProposeSummary,
+) -> UnitResult:
+    """Run the backend on every image of one unit and build its result arrays."""
+    m = store.num_proposals
+    start, stop = store.unit_rows(unit)
+    n = stop - start
+    res = UnitResult(
+        boxes=np.zeros((n, m, 4), np.float32),
+        scores=np.zeros((n, m), np.float32),
+        area=np.zeros((n, m), np.int64),
+        rle=np.full((n, m), "", dtype=object),
+        status=np.zeros(n, np.uint8),
+        error=np.full(n, "", dtype=object),
+    )
+    ptr = points.image_ptr()
+    lo, hi = int(store.unit_image_ptr[unit]), int(store.unit_image_ptr[unit + 1])
+    offset = 0
+    for i in range(lo, hi):
+        record = points.images[i]
+        k = int(ptr[i + 1] - ptr[i])
+        if k == 0:
+            continue
+        sl = slice(offset, offset + k)
+        offset += k
+        try:
+            image = read_image_rgb(images_dir / record.file_name)
+            if image.shape[:2] != (record.height, record.width):
+                raise InputError(
+                    f"image file {images_dir / record.file_name} is {image.shape[1]}x{image.shape[0]} "
+                    f"but the annotations say {record.width}x{record.height} (image id {record.image_id})"
+                )
+        except InputError as err:
+            if on_error == "fail":
+                raise
+            log.warning("skipped image: %s", err)
+            res.status[sl] = STATUS_FAILED
+            res.error[sl] = str(err)
+            summary.images_failed += 1
+            summary.failures.append(str(err))
+            bar.update(1)
+            continue
+        for batch in backend.propose(image, points.xy[ptr[i] : ptr[i + 1]]):
+            b = batch.masks.shape[0]
+            rows = slice(sl.start + batch.start, sl.start + batch.start + b)
+            flat = batch.masks.reshape(b * m, *batch.masks.shape[2:])
+            res.boxes[rows] = masks_to_boxes(flat).reshape(b, m, 4)
+            res.area[rows] = flat.reshape(b * m, -1).sum(axis=1).reshape(b, m)
+            res.rle[rows] = np.array(encode_masks(flat), dtype=object).reshape(b, m)
+            res.scores[rows] = batch.scores
+        res.status[sl] = STATUS_DONE
+        summary.images_done += 1
+        summary.points += k
+        bar.update(1)
+        elapsed = max(float(bar.format_dict.get("elapsed", 0.0)), 1e-6)
+        bar.set_postfix(points_per_s=f"{summary.points / elapsed:.1f}")
+    return res
+
+
+def run_propose(cfg: ProposeConfig) -> ProposeSummary:
+    """Fill ``cfg.store`` with proposals for the points of this process's shard.
+
+    With ``cfg.devices`` (e.g. ``["cuda:0", "cuda:1"]``) one worker process per device is started through
+    ``torch.multiprocessing`` and each takes shard ``i/len(devices)``; the summaries are combined.
+    """
+    if cfg.devices:
+        return _run_multi_device(cfg)
+    t0 = time.time()
+    shard, num_shards = parse_shard(cfg.shard)
+    if cfg.proposals_per_point < 1:
+        raise InputError("--proposals-per-point must be >= 1")
+    if cfg.batch_points < 1:
+        raise InputError("--batch-points must be >= 1")
+    images_dir = Path(cfg.images)
+    if not images_dir.is_dir():
+        raise InputError(f"--images {images_dir} is not a directory")
+    points = load_points(cfg.annotations, on_error=cfg.on_error)
+    with_points = [img for img in points.images if np.any(points.image_index == img.index)]
+    missing = missing_image_files(with_points, images_dir)
+    if missing and cfg.on_error == "fail":
+        shown = ", ".join(img.file_name for img in missing[:10])
+        raise InputError(
+            f"{len(missing)} image file(s) missing under {images_dir}: {shown}"
+            + (" ..." if len(missing) > 10 else "")
+            + " (use --on-error skip to record them as failed and go on)"
+        )
+
+    backend = get_backend(
+        cfg.backend,
+        num_proposals=cfg.proposals_per_point,
+        device=cfg.device,
+        model=cfg.model,
+        checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None,
+        batch_points=cfg.batch_points,
+        precision=cfg.precision,
+    )
+    store = _open_or_create(cfg, points, backend, (shard, num_shards))
+    summary = ProposeSummary(store=Path(cfg.store), shard=(shard, num_shards))
+    mine = store.units_for_shard(shard, num_shards)
+    done = store.units_done()
+    todo = [u for u in mine if not done[u]]
+    summary.images_skipped = store.count_images([u for u in mine if done[u]])
+    if not mine:
+        log.info("shard %d/%d has no work (the store has %d unit(s))", shard, num_shards, len(done))
+    elif not todo:
+        log.info(
+            "nothing to do: all %d unit(s) of shard %d/%d are already done",
+            len(mine),
+            shard,
+            num_shards,
+        )
+    else:
+        log.info(
+            "proposing %d image(s) in %d unit(s) with backend %s (M=%d) into %s",
+            store.count_images(todo),
+            len(todo),
+            cfg.backend,
+            store.num_proposals,
+            cfg.store,
+        )
+    with tqdm(
+        total=store.count_images(todo),
+        desc=f"propose {shard}/{num_shards}",
+        unit="img",
+        disable=not cfg.progress,
+    ) as bar:
+        for unit in todo:
+            result = _propose_unit(
+                store, unit, points, backend, images_dir, cfg.on_error, bar, summary
+            )
+            store.write_unit(unit, result)
+    summary.complete = store.finalize()
+    summary.seconds = time.time() - t0
+    log.info("%s", summary.line())
+    return summary
+
+
+def _worker(rank: int, cfg_dict: dict[str, Any], devices: list[str], queue: Any) -> None:
+    cfg = ProposeConfig(**cfg_dict)
+    cfg = dataclasses.replace(
+        cfg, devices=None, device=devices[rank], shard=f"{rank}/{len(devices)}", progress=rank == 0
+    )
+    summary = run_propose(cfg)
+    queue.put(dataclasses.asdict(summary))
+
+
+def _run_multi_device(cfg: ProposeConfig) -> ProposeSummary:
+    import torch.multiprocessing as mp
+
+    devices = list(cfg.devices or [])
+    fields = {f.name for f in dataclasses.fields(ProposeConfig)}
+    cfg_dict = {k: v for k, v in dataclasses.asdict(cfg).items() if k in fields}
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    t0 = time.time()
+    mp.start_processes(
+        _worker, args=(cfg_dict, devices, queue), nprocs=len(devices), start_method="spawn"
+    )
+    parts = [queue.get() for _ in devices]
+    total = ProposeSummary(store=Path(cfg.store), shard=(0, 1))
+    for part in parts:
+        total.images_done += part["images_done"]
+        total.images_skipped += part["images_skipped"]
+        total.images_failed += part["images_failed"]
+        total.points += part["points"]
+        total.failures += part["failures"]
+    total.complete = ProposalStore.open(cfg.store).is_complete()
+    total.seconds = time.time() - t0
+    return total
