@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
 import torch
 
 from stages.select.bms import box_mining, proposal_index_for_box
@@ -161,3 +162,12 @@ def test_proposal_index_for_box() -> None:
     )
     idx = proposal_index_for_box(box, proposals)
     assert idx.tolist() == [1, 1, 0, 1] and idx.dtype == torch.long
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bms_cuda_matches_cpu() -> None:
+    sel, cands = _random_scene(200, seed=2)
+    out = box_mining(sel.cuda(), cands.cuda())
+    assert out.is_cuda and torch.allclose(out.cpu(), box_mining(sel, cands))
+    idx = proposal_index_for_box(out, cands.cuda())
+    assert torch.equal(idx.cpu(), proposal_index_for_box(box_mining(sel, cands), cands))

@@ -222,3 +222,28 @@ def test_mil_5000_bags_fast() -> None:
         elapsed.append(time.perf_counter() - start)
     assert idx.shape == (n,) and torch.isfinite(loss)
     assert min(elapsed) < 1.0, elapsed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mil_cuda_matches_cpu() -> None:
+    g = torch.Generator().manual_seed(0)
+    cls, ins = torch.randn(7, 6, 81, generator=g), torch.randn(7, 6, 81, generator=g)
+    labels = torch.randint(0, 80, (7,), generator=g)
+    valid = torch.rand(7, 6, generator=g) > 0.2
+    bag, _, _ = psm_bag_scores(cls, ins, valid)
+    bag_c, _, _ = psm_bag_scores(cls.cuda(), ins.cuda(), valid.cuda())
+    assert torch.allclose(bag_c.cpu(), bag, atol=1e-6)
+    assert torch.allclose(psm_loss(bag_c, labels.cuda()).cpu(), psm_loss(bag, labels), atol=1e-5)
+    b1, _, _ = prm_bag_scores(cls[..., :80], ins[..., :80])
+    b1c, _, _ = prm_bag_scores(cls[..., :80].cuda(), ins[..., :80].cuda())
+    beta = torch.rand(7, generator=g)
+    pos = prm_positive_loss(b1c, labels.cuda(), beta.cuda()).cpu()
+    assert torch.allclose(pos, prm_positive_loss(b1, labels, beta), atol=1e-5)
+    neg = prm_negative_loss(cls[0, :, :80].cuda(), torch.ones(6).cuda(), beta.mean().cuda(), 7)
+    assert torch.allclose(
+        neg.cpu(), prm_negative_loss(cls[0, :, :80], torch.ones(6), beta.mean(), 7)
+    )
+    s = selection_scores(cls, ins, labels, valid)
+    s_c = selection_scores(cls.cuda(), ins.cuda(), labels.cuda(), valid.cuda())
+    assert torch.allclose(s_c.cpu(), s, atol=1e-6)
+    assert torch.equal(top1(s_c).cpu(), top1(s))

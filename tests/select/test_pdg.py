@@ -190,3 +190,19 @@ def test_pdg_5000_objects_fast() -> None:
         elapsed.append(time.perf_counter() - start)
     assert s.shape == (n, m) and (s < 1).any()
     assert min(elapsed) < 0.5, elapsed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pdg_cuda_matches_cpu() -> None:
+    boxes, points, labels, image_ids = _scene()
+    w = pdg_weights(boxes, points, labels, image_ids)
+    args = [x.cuda() for x in (boxes, points, labels, image_ids)]
+    w_cuda = pdg_weights(*args)
+    assert w_cuda.is_cuda and torch.allclose(w_cuda.cpu(), w)
+    assert torch.equal(
+        point_containment(*args).cpu(), point_containment(boxes, points, labels, image_ids)
+    )
+    s = pdg_scores(w_cuda)
+    assert torch.allclose(s.cpu(), pdg_scores(w))
+    logits = torch.randn(4, 3, 5)
+    assert torch.allclose(apply_pdg(logits.cuda(), s).cpu(), apply_pdg(logits, pdg_scores(w)))

@@ -169,3 +169,25 @@ def test_ppg_many_objects_fast() -> None:
         elapsed.append(time.perf_counter() - start)
     assert min(elapsed) < 0.5, elapsed
     assert out.shape == (n, 26, 4) and part.shape == (n, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pnpg_cuda_matches_cpu() -> None:
+    base = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 100.0, 100.0]])
+    s_dis = torch.tensor([1.0, 0.7])
+    proposals = base[:, None].repeat(1, 6, 1)
+    out = ppg_boxes(base.cuda(), s_dis.cuda(), proposals.cuda())
+    assert torch.allclose(out.cpu(), ppg_boxes(base, s_dis, proposals))
+    boxes, weights = npg_background(
+        (120, 90), base.cuda(), generator=torch.Generator().manual_seed(4)
+    )
+    ref_boxes, ref_weights = npg_background(
+        (120, 90), base, generator=torch.Generator().manual_seed(4)
+    )
+    assert boxes.is_cuda and torch.allclose(boxes.cpu(), ref_boxes)
+    assert torch.equal(weights.cpu(), ref_weights)
+    part, valid = npg_part_negatives(base.cuda())
+    assert torch.allclose(part.cpu(), npg_part_negatives(base)[0]) and valid.cpu().tolist() == [
+        False,
+        True,
+    ]
