@@ -1,0 +1,456 @@
+"""SAM and MobileSAM proposal backends (``sam``, ``mobile-sam``).
+
+Per image the encoder runs once (``SamPredictor.set_image``); the K points are then decoded in chunks of
+``batch_points`` with ``predict_torch`` using ``B x 1 x 2`` point tensors (one object per point, label 1).
+
+Proposal order (M = 6; M = 3 keeps only the first stage):
+
+* 0-2: SAM's three multimask outputs for the point prompt, in SAM's output order (decoder tokens 1-3).
+* 3-5: SAM's three multimask outputs for a second prompt, the same point plus a box around the **largest** (pixel
+  count; ties -> lowest index) of masks 0-2. No ground truth is used. Largest rather than highest-scoring because
+  the second stage stands in for SAPNet's P2BNet whole-object box prompt, and SAM's largest multimask output is the
+  whole-object hypothesis. The box uses SAM's own convention (inclusive pixel indices, as its automatic mask
+  generator builds boxes); if all three masks are empty it degenerates to the point's pixel.
+
+Scores are SAM's predicted IoU. Masks come back as bool at the original resolution; the contexts
+(``torch.inference_mode``, autocast) are entered per chunk and left before each ``yield``, so no global state leaks
+into the caller. Precision: ``fp32`` everywhere, ``bf16``/``fp16`` (CUDA autocast) only on CUDA: asking for them on
+CPU raises InputError rather than silently changing the numerics recorded in the fingerprint. ``attention="sdpa"``
+swaps the ViT encoder's attention for ``F.scaled_dot_product_attention`` with the decomposed relative-position
+term passed as an additive mask (same maths; fused kernels on CUDA); ``"original"`` keeps segment-anything's code.
+
+``vit_test`` is a tiny random-initialised SAM (256 px input, 2 encoder blocks) for tests and benchmarks only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.modeling import image_encoder as sam_image_encoder
+
+from stages.common.errors import DependencyError, InputError
+from stages.propose.backends.base import ProposalBatch
+from stages.propose.backends.checkpoints import resolve_checkpoint
+
+MODELS = ("vit_h", "vit_l", "vit_b", "vit_t", "vit_test")
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+ATTENTIONS = ("sdpa", "original")
+BOX_RULE = "largest"
+log = logging.getLogger(__name__)
+
+
+def build_sam_vit_test() -> torch.nn.Module:
+    """Tiny SAM with random weights, for tests and benchmarks only (meaningless masks).
+
+    Same module types as SAM (ImageEncoderViT with windowed + global rel-pos attention, PromptEncoder, MaskDecoder,
+    TwoWayTransformer) at toy sizes: 256 px input, 16 x 16 embedding, transformer width 32, low-res masks 64 x 64.
+    """
+    from functools import partial
+
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    img, dim = 256, 32
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=img,
+            patch_size=16,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=2.0,
+            out_chans=dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=4,
+            global_attn_indexes=(1,),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(img // 16, img // 16),
+            input_image_size=(img, img),
+            mask_in_chans=4,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
+def _mobile_sam_registry() -> dict[str, Callable[..., torch.nn.Module]]:
+    try:
+        with warnings.catch_warnings():  # timm deprecation + "Overwriting tiny_vit_* in registry"
+            warnings.simplefilter("ignore")
+            import mobile_sam
+    except ImportError as e:
+        raise DependencyError(
+            f"MobileSAM (model vit_t) needs the optional packages mobilesam-mirror and timm ({e}); "
+            "install them with: pip install 'sapnet[mobile]'"
+        ) from e
+    return mobile_sam.sam_model_registry
+
+
+def build_model(model: str) -> torch.nn.Module:
+    """The architecture of ``model`` (one of :data:`MODELS`) with random weights, in eval mode, on CPU."""
+    if model == "vit_test":
+        return build_sam_vit_test()
+    if model == "vit_t":
+        return _mobile_sam_registry()["vit_t"](checkpoint=None).eval()
+    if model in ("vit_h", "vit_l", "vit_b"):
+        return sam_model_registry[model](checkpoint=None).eval()
+    raise InputError(f"unknown SAM model {model!r}; choose one of {list(MODELS)}")
+
+
+def load_sam(model: str, checkpoint: str | Any) -> torch.nn.Module:
+    """Build ``model`` and load a checkpoint file (a plain state dict) into it, strictly, on CPU.
+
+    ``torch.load(map_location="cpu", weights_only=True)`` so CUDA-saved files load anywhere and no pickled code
+    runs. A file that is not a matching state dict raises DependencyError naming the file.
+    """
+    sam = build_model(model)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        sam.load_state_dict(state, strict=True)
+    except Exception as e:  # unpickling errors, wrong keys/shapes: all mean "wrong file"
+        raise DependencyError(
+            f"SAM checkpoint {checkpoint} is not a {model} state dict: {type(e).__name__}: {e}"
+        ) from e
+    return sam.eval()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Parse ``cpu`` | ``cuda`` | ``cuda:N``; DependencyError when CUDA is asked for but unusable."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"invalid device {device!r}; use cpu, cuda or cuda:N") from e
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DependencyError(
+            f"device {device!r} was requested but CUDA is not available to torch {torch.__version__} "
+            f"(CUDA build {torch.version.cuda}); use --device cpu, or check the GPU driver"
+        )
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DependencyError(
+            f"device {device!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return dev
+
+
+def _sdpa_attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """segment-anything ``image_encoder.Attention.forward`` through ``F.scaled_dot_product_attention``.
+
+    ``x``: ``(B, H, W, dim)``. The decomposed relative-position term (MViTv2) that the original adds to the
+    attention logits is built as a ``(B, heads, HW, HW)`` additive mask; SDPA's default scale equals
+    ``self.scale`` (head_dim ** -0.5).
+    """
+    b, h, w, _ = x.shape
+    q, k, v = (
+        self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    )  # each (B, heads, HW, C)
+    bias = None
+    if self.use_rel_pos:
+        rh = sam_image_encoder.get_rel_pos(h, h, self.rel_pos_h)  # (H, H, C)
+        rw = sam_image_encoder.get_rel_pos(w, w, self.rel_pos_w)  # (W, W, C)
+        r_q = q.reshape(b, self.num_heads, h, w, -1)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh.to(r_q.dtype))
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw.to(r_q.dtype))
+        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+
+
+def use_sdpa_attention(sam: torch.nn.Module) -> int:
+    """Route every segment-anything ViT attention block of ``sam`` through SDPA; returns how many.
+
+    MobileSAM's TinyViT has other attention modules and is left unchanged (returns 0).
+    """
+    n = 0
+    for module in sam.modules():
+        if isinstance(module, sam_image_encoder.Attention):
+            module.forward = types.MethodType(_sdpa_attention_forward, module)
+            n += 1
+    return n
+
+
+def prompt_boxes_from_masks(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Box prompts for the second stage: around the largest of each point's masks, vectorised.
+
+    Args:
+        masks: ``(B, C, H, W)`` bool first-stage masks.
+        points: ``(B, 2)`` float ``[x, y]`` pixel-index points (fallback for all-empty masks).
+
+    Returns:
+        ``(B, 4)`` float32 ``xyxy`` boxes in SAM's prompt convention: *inclusive* pixel indices
+        ``[first col, first row, last col, last row]`` (a one-pixel mask at (r, c) gives ``[c, r, c, r]``).
+        The largest mask is chosen by pixel count, ties to the lowest index. Where all C masks are empty the box is
+        the point's pixel ``[x, y, x, y]`` (rounded, clipped to the image).
+    """
+    b, _, h, w = masks.shape
+    area = masks.flatten(2).sum(-1)  # (B, C)
+    chosen = masks[torch.arange(b, device=masks.device), area.argmax(1)]  # (B, H, W)
+    cols, rows = chosen.any(1), chosen.any(2)  # (B, W), (B, H)
+    xs = torch.arange(w, device=masks.device)
+    ys = torch.arange(h, device=masks.device)
+    x1 = torch.where(cols, xs, w).amin(1)
+    x2 = torch.where(cols, xs, -1).amax(1)
+    y1 = torch.where(rows, ys, h).amin(1)
+    y2 = torch.where(rows, ys, -1).amax(1)
+    boxes = torch.stack([x1, y1, x2, y2], 1).to(torch.float32)
+    px = points[:, 0].round().clamp(0, w - 1).to(torch.float32)
+    py = points[:, 1].round().clamp(0, h - 1).to(torch.float32)
+    fallback = torch.stack([px, py, px, py], 1)
+    return torch.where(cols.any(1)[:, None], boxes, fallback)
+
+
+def _check_inputs(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(
+            f"SAM backend expects an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}"
+        )
+    pts = np.asarray(points, dtype=np.float32)
+    if pts.size == 0:
+        pts = pts.reshape(0, 2)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"points must be a (K, 2) array of [x, y], got shape {pts.shape}")
+    h, w = image.shape[:2]
+    bad = ~np.isfinite(pts).all(1) | (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5)
+    bad |= (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"point {i} = {pts[i].tolist()} lies outside the {w}x{h} image")
+    return image, pts.astype(np.float32)
+
+
+class SamBackend:
+    """A :class:`~stages.propose.backends.base.ProposalBackend` over a segment-anything ``Sam`` model.
+
+    Args:
+        sam_model: a built ``Sam`` (segment-anything or MobileSAM), weights already loaded.
+        model: its variant name (recorded in the fingerprint).
+        checkpoint_sha256: SHA-256 of the weights file (or a label such as ``"random-init"``).
+        name: backend name, ``sam`` or ``mobile-sam``.
+        num_proposals: 3 (point prompt only) or 6 (plus the point+box prompt).
+        device: ``cpu`` | ``cuda`` | ``cuda:N``.
+        batch_points: points decoded per ``predict_torch`` call.
+        precision: ``fp32`` | ``bf16`` | ``fp16`` (the last two CUDA only).
+        attention: ``sdpa`` | ``original`` (ViT encoder attention implementation).
+    """
+
+    def __init__(
+        self,
+        sam_model: torch.nn.Module,
+        *,
+        model: str = "vit_h",
+        checkpoint_sha256: str = "unknown",
+        name: str = "sam",
+        num_proposals: int = 6,
+        device: str | torch.device = "cpu",
+        batch_points: int = 64,
+        precision: str = "fp32",
+        attention: str = "sdpa",
+    ) -> None:
+        _check_options(num_proposals, batch_points, precision, attention)
+        self.device = resolve_device(device)
+        if precision != "fp32" and self.device.type != "cuda":
+            raise InputError(
+                f"precision {precision!r} needs a CUDA device (got {self.device}); use fp32 on CPU"
+            )
+        self.name, self.model_name, self.checkpoint_sha256 = name, model, checkpoint_sha256
+        self.num_proposals, self.batch_points = int(num_proposals), int(batch_points)
+        self.precision, self.attention = precision, attention
+        self.sam = sam_model.to(self.device).eval()
+        if attention == "sdpa":
+            use_sdpa_attention(self.sam)
+        self.predictor = SamPredictor(self.sam)
+        self.proposal_order = [
+            f"point prompt, SAM multimask output {i} (decoder token {i + 1})" for i in range(3)
+        ]
+        if self.num_proposals == 6:
+            self.proposal_order += [
+                f"point + box around the {BOX_RULE} of proposals 0-2, SAM multimask output {i}"
+                for i in range(3)
+            ]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the proposals this backend makes (batch size excluded: it does not change them)."""
+        return {
+            "backend": self.name,
+            "model": self.model_name,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "num_proposals": self.num_proposals,
+            "prompts": {
+                "first": "point (label 1), multimask_output=True",
+                "second": "point + box around the largest first-stage mask (inclusive pixel "
+                "indices), multimask_output=True"
+                if self.num_proposals == 6
+                else None,
+            },
+            "box_rule": BOX_RULE,
+            "precision": self.precision,
+            "attention": self.attention,
+        }
+
+    def _context(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        dtype = PRECISIONS[self.precision]
+        if dtype is not None:
+            stack.enter_context(torch.autocast(device_type="cuda", dtype=dtype))
+        return stack
+
+    def encode(self, image: np.ndarray) -> None:
+        """Run the image encoder once for ``image`` ((H, W, 3) uint8 RGB)."""
+        with self._context():
+            self.predictor.set_image(image, image_format="RGB")
+
+    def decode(
+        self, points: np.ndarray, num_proposals: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Proposals for ``(B, 2)`` points of the encoded image, in one decoder call per stage.
+
+        ``num_proposals`` (3 or 6) overrides the backend's M for this call (benchmarks).
+        Returns ``masks (B, M, H, W)`` bool and ``scores (B, M)`` float32, on the backend's device.
+        """
+        m = self.num_proposals if num_proposals is None else num_proposals
+        hw = tuple(self.predictor.original_size)
+        with self._context():
+            pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+            coords = self.predictor.transform.apply_coords_torch(pts[:, None, :], hw)  # (B, 1, 2)
+            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+            masks, scores, _ = self.predictor.predict_torch(coords, labels, multimask_output=True)
+            if m == 6:
+                boxes = prompt_boxes_from_masks(masks, pts)
+                boxes = self.predictor.transform.apply_boxes_torch(boxes, hw)
+                masks2, scores2, _ = self.predictor.predict_torch(
+                    coords, labels, boxes=boxes, multimask_output=True
+                )
+                masks, scores = torch.cat([masks, masks2], 1), torch.cat([scores, scores2], 1)
+        return masks, scores.float()
+
+    def propose(self, image: np.ndarray, points: np.ndarray) -> Iterator[ProposalBatch]:
+        """Encode ``image`` once, then yield proposals for chunks of ``batch_points`` points."""
+        image, pts = _check_inputs(image, points)
+        if len(pts) == 0:
+            return
+        self.encode(image)
+        try:
+            for start in range(0, len(pts), self.batch_points):
+                masks, scores = self.decode(pts[start : start + self.batch_points])
+                yield ProposalBatch(start, masks.cpu().numpy(), scores.cpu().numpy())
+        finally:
+            self.predictor.reset_image()  # drop the image embedding
+
+
+def _check_options(num_proposals: int, batch_points: int, precision: str, attention: str) -> None:
+    if num_proposals not in (3, 6):
+        raise InputError(f"SAM backends make 3 or 6 proposals per point, not {num_proposals}")
+    if int(batch_points) < 1:
+        raise InputError(f"batch_points must be >= 1, got {batch_points}")
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    if attention not in ATTENTIONS:
+        raise InputError(f"unknown attention {attention!r}; choose one of {list(ATTENTIONS)}")
+
+
+def _build(name: str, model: str, checkpoint: Any, **options: Any) -> SamBackend:
+    _check_options(
+        options["num_proposals"],
+        options["batch_points"],
+        options["precision"],
+        options["attention"],
+    )
+    if model not in MODELS:
+        raise InputError(f"unknown SAM model {model!r}; choose one of {list(MODELS)}")
+    dev = resolve_device(options.pop("device"))
+    if model == "vit_t":
+        _mobile_sam_registry()  # fail on the missing package before any download
+    resolved = resolve_checkpoint(model, checkpoint)
+    sam = load_sam(model, resolved.path)
+    return SamBackend(
+        sam, model=model, checkpoint_sha256=resolved.sha256, name=name, device=dev, **options
+    )
+
+
+def build_sam_backend(
+    num_proposals: int = 6,
+    device: str = "cpu",
+    model: str = "vit_h",
+    checkpoint: str | None = None,
+    batch_points: int = 64,
+    precision: str = "fp32",
+    attention: str = "sdpa",
+    **_ignored: Any,
+) -> SamBackend:
+    """The ``sam`` backend: resolve/download the checkpoint of ``model`` and wrap it in a SamBackend."""
+    return _build(
+        "sam",
+        model or "vit_h",
+        checkpoint,
+        num_proposals=num_proposals,
+        device=device,
+        batch_points=batch_points,
+        precision=precision,
+        attention=attention,
+    )
+
+
+def build_mobile_sam_backend(
+    num_proposals: int = 6,
+    device: str = "cpu",
+    model: str | None = None,
+    checkpoint: str | None = None,
+    batch_points: int = 64,
+    precision: str = "fp32",
+    attention: str = "sdpa",
+    **_ignored: Any,
+) -> SamBackend:
+    """The ``mobile-sam`` backend: MobileSAM ``vit_t`` always.
+
+    ``model`` is accepted for a uniform CLI (whose ``--model`` defaults to ``vit_h``) and ignored, with a log line
+    when it names another variant.
+    """
+    if model not in (None, "vit_t"):
+        log.info("the mobile-sam backend always runs MobileSAM vit_t; model %r ignored", model)
+    return _build(
+        "mobile-sam",
+        "vit_t",
+        checkpoint,
+        num_proposals=num_proposals,
+        device=device,
+        batch_points=batch_points,
+        precision=precision,
+        attention=attention,
+    )
