@@ -202,8 +202,5 @@ def test_mobile_sam_random_weights(tmp_path: Path, image: np.ndarray) -> None:
     assert masks.shape == (3, 6, H, W) and masks.dtype == bool
     assert np.isfinite(scores).all()
     fp = backend.fingerprint()
-    assert (fp["backend"], fp["model"]) == ("mobile-sam", "vit_t")
-    ref = SamPredictor(sam)
-    ref.set_image(image)
-    m1, _, _ = ref.predict(points[1:2], np.array([1]), multimask_output=True)
-    assert np.array_equal(masks[1, :3], m1)
+    assert (fp["backend"], fp["model"], fp["attention"]) == ("mobile-sam", "vit_t", "original")
+    # one encode only (1024 px TinyViT is the slow part); vit_test above checks the order contract

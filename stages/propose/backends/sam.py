@@ -258,7 +258,8 @@ class SamBackend:
     """A :class:`~stages.propose.backends.base.ProposalBackend` over a segment-anything ``Sam`` model.
 
     Args:
-        sam_model: a built ``Sam`` (segment-anything or MobileSAM), weights already loaded.
+        sam_model: a built ``Sam`` (segment-anything or MobileSAM), weights already loaded; it is moved to
+            ``device`` and (``attention="sdpa"``) patched in place.
         model: its variant name (recorded in the fingerprint).
         checkpoint_sha256: SHA-256 of the weights file (or a label such as ``"random-init"``).
         name: backend name, ``sam`` or ``mobile-sam``.
@@ -292,8 +293,8 @@ class SamBackend:
         self.num_proposals, self.batch_points = int(num_proposals), int(batch_points)
         self.precision, self.attention = precision, attention
         self.sam = sam_model.to(self.device).eval()
-        if attention == "sdpa":
-            use_sdpa_attention(self.sam)
+        if attention == "sdpa" and use_sdpa_attention(self.sam) == 0:
+            self.attention = "original"  # MobileSAM's TinyViT: nothing to swap, say so
         self.predictor = SamPredictor(self.sam)
         self.proposal_order = [
             f"point prompt, SAM multimask output {i} (decoder token {i + 1})" for i in range(3)
