@@ -1,0 +1,245 @@
+"""Validate and register the pseudo-label training JSON and the ground-truth validation JSON with detectron2.
+
+The pseudo JSON (from ``sapnet export-pseudo``) is a COCO instances file whose annotations carry an RLE
+``segmentation`` and optionally ``aux_segmentations`` (list of RLE dicts) + ``aux_weights`` (list of floats).
+Both files are checked up front (:func:`validate_coco_json`, :func:`check_same_categories`) so that a bad input
+fails with an :class:`InputError` naming the file and the record, before any model is built. Registration is
+lazy (``DatasetCatalog``) and replaces an existing registration of the same name, so it can run in every
+process started by ``launch`` and several times in one process (tests).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common.errors import InputError
+from stages.seg.d2 import compat
+
+compat.apply()
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data.datasets import load_coco_json  # noqa: E402
+
+EXTRA_ANNOTATION_KEYS = ["aux_segmentations", "aux_weights"]
+MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class CocoSummary:
+    """What :func:`validate_coco_json` learnt about a file."""
+
+    path: Path
+    num_images: int
+    num_annotations: int
+    categories: dict[int, str]  # dataset category id -> name
+    num_with_aux: int
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a COCO instances object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise InputError(f"{path}: missing or invalid '{key}' list (not a COCO instances file)")
+    return data
+
+
+def _has_mask(segmentation: Any) -> bool:
+    if isinstance(segmentation, dict):
+        return "counts" in segmentation and "size" in segmentation and bool(segmentation["counts"])
+    if isinstance(segmentation, list):
+        return any(isinstance(p, list) and len(p) >= 6 for p in segmentation)
+    return False
+
+
+def _check_rle_size(path: Path, ann_id: Any, what: str, seg: Any, hw: tuple[int, int]) -> None:
+    if isinstance(seg, dict) and [int(v) for v in seg.get("size", hw)] != list(hw):
+        raise InputError(
+            f"{path}: annotation {ann_id}: {what} RLE size {seg.get('size')} does not match its image "
+            f"size [height, width] = {list(hw)}"
+        )
+
+
+def validate_coco_json(
+    path: str | Path, image_root: str | Path, require_masks: bool = True
+) -> CocoSummary:
+    """Check a COCO instances JSON for training/evaluation; returns a :class:`CocoSummary`.
+
+    Checks: valid COCO structure; at least one category and one image; every image file exists under
+    ``image_root``; every annotation refers to a known image and category; with ``require_masks`` every
+    non-crowd annotation has a mask (RLE or polygons) whose RLE size matches its image; ``aux_segmentations``
+    and ``aux_weights`` have the same length and image-sized RLEs.
+
+    Raises:
+        InputError: naming the file, the record (image / annotation id) and the problem.
+    """
+    path, image_root = Path(path), Path(image_root)
+    data = _load_json(path)
+    categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+    if not categories:
+        raise InputError(f"{path}: no categories")
+    if not data["images"]:
+        raise InputError(f"{path}: no images")
+    sizes: dict[int, tuple[int, int]] = {}
+    missing: list[str] = []
+    for img in data["images"]:
+        sizes[int(img["id"])] = (int(img["height"]), int(img["width"]))
+        if not (image_root / img["file_name"]).is_file():
+            missing.append(str(img["file_name"]))
+    if missing:
+        shown = ", ".join(missing[:MAX_LISTED]) + (" ..." if len(missing) > MAX_LISTED else "")
+        raise InputError(
+            f"{path}: {len(missing)} of {len(data['images'])} image files missing under {image_root}: {shown}"
+        )
+    no_mask: list[Any] = []
+    num_with_aux = 0
+    for ann in data["annotations"]:
+        ann_id = ann.get("id", "?")
+        image_id = ann.get("image_id")
+        if image_id not in sizes:
+            raise InputError(f"{path}: annotation {ann_id}: unknown image_id {image_id}")
+        if int(ann.get("category_id", -1)) not in categories:
+            raise InputError(
+                f"{path}: annotation {ann_id}: category_id {ann.get('category_id')} is not in 'categories'"
+            )
+        if int(ann.get("iscrowd", 0)):
+            continue
+        seg = ann.get("segmentation")
+        if require_masks and not _has_mask(seg):
+            no_mask.append(ann_id)
+            continue
+        _check_rle_size(path, ann_id, "segmentation", seg, sizes[image_id])
+        aux = ann.get("aux_segmentations")
+        if aux is None:
+            continue
+        weights = ann.get("aux_weights")
+        if not isinstance(aux, list) or (weights is not None and len(weights) != len(aux)):
+            raise InputError(
+                f"{path}: annotation {ann_id}: aux_segmentations must be a list with one aux_weights "
+                f"entry each (got {len(aux) if isinstance(aux, list) else type(aux).__name__} masks, "
+                f"{None if weights is None else len(weights)} weights)"
+            )
+        for seg_aux in aux:
+            if not _has_mask(seg_aux):
+                raise InputError(
+                    f"{path}: annotation {ann_id}: an aux_segmentations entry is not a mask"
+                )
+            _check_rle_size(path, ann_id, "aux_segmentations", seg_aux, sizes[image_id])
+        num_with_aux += bool(aux)
+    if no_mask:
+        shown = ", ".join(str(i) for i in no_mask[:MAX_LISTED]) + (
+            " ..." if len(no_mask) > MAX_LISTED else ""
+        )
+        raise InputError(
+            f"{path}: {len(no_mask)} annotations have no mask ('segmentation' missing or empty), e.g. ids "
+            f"{shown}; SOLOv2 trains on masks (set INPUT.MASK_FORMAT bitmask, RLE segmentations)"
+        )
+    return CocoSummary(
+        path=path,
+        num_images=len(data["images"]),
+        num_annotations=len(data["annotations"]),
+        categories=categories,
+        num_with_aux=num_with_aux,
+    )
+
+
+def check_same_categories(train: CocoSummary, val: CocoSummary) -> None:
+    """Raise :class:`InputError` unless both files have the same category ids with the same names."""
+    if train.categories == val.categories:
+        return
+    only_train = sorted(set(train.categories) - set(val.categories))
+    only_val = sorted(set(val.categories) - set(train.categories))
+    renamed = sorted(
+        i
+        for i in set(train.categories) & set(val.categories)
+        if train.categories[i] != val.categories[i]
+    )
+    raise InputError(
+        f"categories differ between {train.path} and {val.path}: ids only in train {only_train}, only in "
+        f"val {only_val}, same id with another name {renamed}; the model's classes must match the "
+        "evaluation set"
+    )
+
+
+def register_coco_instances_with_aux(
+    name: str, json_file: str | Path, image_root: str | Path
+) -> None:
+    """Register ``name`` (lazily loaded with the aux keys) with ``evaluator_type="coco"`` metadata.
+
+    An existing registration of ``name`` is replaced.
+    """
+    json_file, image_root = str(json_file), str(image_root)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(
+        name,
+        lambda: load_coco_json(
+            json_file, image_root, name, extra_annotation_keys=EXTRA_ANNOTATION_KEYS
+        ),
+    )
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+
+
+def set_thing_metadata(name: str, summary: CocoSummary) -> None:
+    """Set ``thing_classes`` and the id mapping ``load_coco_json`` would set, without loading the file."""
+    ids = sorted(summary.categories)
+    MetadataCatalog.get(name).set(
+        thing_classes=[summary.categories[i] for i in ids],
+        thing_dataset_id_to_contiguous_id={i: k for k, i in enumerate(ids)},
+    )
+
+
+def register_datasets(
+    train_json: str | Path,
+    train_images: str | Path,
+    val_json: str | Path | None = None,
+    val_images: str | Path | None = None,
+    train_name: str = "sapnet_pseudo_train",
+    val_name: str = "sapnet_val",
+    validate: bool = True,
+) -> dict[str, Any]:
+    """Validate and register the training (pseudo) and optional validation (GT) sets.
+
+    Returns ``{"train": train_name, "val": val_name | None, "num_classes": int, "thing_classes": [...],
+    "train_summary": CocoSummary | None}``. ``validate=False`` skips the checks (for worker processes,
+    after the launching process has validated).
+    """
+    train_summary = validate_coco_json(train_json, train_images) if validate else None
+    val_summary = None
+    if val_json is not None:
+        val_images = val_images if val_images is not None else train_images
+        if validate:
+            val_summary = validate_coco_json(val_json, val_images, require_masks=False)
+            check_same_categories(train_summary, val_summary)
+    register_coco_instances_with_aux(train_name, train_json, train_images)
+    summary = train_summary or _categories_only(train_json)
+    set_thing_metadata(train_name, summary)
+    if val_json is not None:
+        register_coco_instances_with_aux(val_name, val_json, val_images)
+        set_thing_metadata(val_name, val_summary or _categories_only(val_json))
+    ids = sorted(summary.categories)
+    return {
+        "train": train_name,
+        "val": val_name if val_json is not None else None,
+        "num_classes": len(ids),
+        "thing_classes": [summary.categories[i] for i in ids],
+        "train_summary": train_summary,
+    }
+
+
+def _categories_only(path: str | Path) -> CocoSummary:
+    data = _load_json(Path(path))
+    cats = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+    return CocoSummary(Path(path), len(data["images"]), len(data["annotations"]), cats, 0)
