@@ -1,10 +1,47 @@
-"""`sapnet evaluate` (not implemented yet)."""
+"""`sapnet evaluate`: score any COCO prediction / pseudo-label file against a ground truth."""
 
 from __future__ import annotations
 
-from stages.common.errors import NotImplementedYet
+from pathlib import Path
+
+import typer
+
+from stages.export.config import ErrorThresholds, EvaluateConfig
 
 
-def evaluate() -> None:
-    """Not implemented yet: this stage has not landed."""
-    raise NotImplementedYet("`sapnet evaluate` is not implemented yet")
+def evaluate(
+    pred: Path = typer.Option(
+        ...,
+        "--pred",
+        help="Predictions: a COCO instances file (with 'annotations', e.g. `export-pseudo` output) or a "
+        "COCO results list. Per-object IoU/error metrics need annotation ids matching the GT.",
+    ),
+    gt: Path = typer.Option(..., "--gt", help="Ground-truth COCO JSON with masks."),
+    report: Path | None = typer.Option(
+        None, "--report", help="Folder for report.md and report.json (else only printed)."
+    ),
+    group_cover: float = typer.Option(
+        0.5,
+        "--group-cover",
+        help="A 'group' error covers at least this fraction of another same-class GT instance.",
+    ),
+    local_iou: float = typer.Option(
+        0.5, "--local-iou", help="A 'local' error has IoU with its GT below this."
+    ),
+    local_inside: float = typer.Option(
+        0.8,
+        "--local-inside",
+        help="And at least this fraction of the 'local' mask is inside its GT.",
+    ),
+) -> None:
+    """Mask/box mIoU by size, COCO AP (segm, bbox) and group/local errors of a COCO file."""
+    from stages.export.report import render_markdown
+    from stages.export.run import run_evaluate
+
+    cfg = EvaluateConfig(
+        pred=pred,
+        gt=gt,
+        report=report,
+        thresholds=ErrorThresholds(group_cover, local_iou, local_inside),
+    )
+    typer.echo(render_markdown(run_evaluate(cfg)))

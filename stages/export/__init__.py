@@ -1,0 +1,1 @@
+"""`sapnet export-pseudo` and `sapnet evaluate`: pseudo-label COCO JSON, quality report and overlays."""

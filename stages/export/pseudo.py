@@ -1,0 +1,184 @@
+"""Pseudo-label COCO JSON: build it from a selector's choice, write it atomically, read predictions back.
+
+One annotation per exported object (keeping the input annotation ``id``)::
+
+    {"id", "image_id", "category_id", "iscrowd": 0,
+     "segmentation": {"size": [H, W], "counts": "<compressed RLE>"},
+     "bbox": [x, y, w, h] (tight box of the mask), "area": mask pixels,
+     "point": [x, y] (the annotated point, pixel-index coordinates), "score": selector score,
+     "proposal_index": chosen proposal in [0, M),
+     "aux_segmentations": [RLE, ...], "aux_weights": [w, ...], "aux_proposal_indices": [j, ...]}  (optional)
+
+A plain COCO reader (pycocotools, detectron2 ``load_coco_json``) ignores the extra keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from stages.common.errors import InputError
+from stages.common.io import load_json
+from stages.export.config import AUX_WEIGHT
+from stages.export.gt import xywh_to_xyxy
+from stages.export.report import PredSet
+
+
+def rle_dicts(counts: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> list[dict[str, Any]]:
+    """RLE dicts ``{"size": [H, W], "counts": str}`` for ``counts (N,)`` with per-row image sizes."""
+    return [
+        {"size": [int(h), int(w)], "counts": str(c)}
+        for c, h, w in zip(counts.tolist(), heights.tolist(), widths.tolist(), strict=True)
+    ]
+
+
+def build_annotations(
+    ann_id: np.ndarray,
+    image_id: np.ndarray,
+    category_id: np.ndarray,
+    xy: np.ndarray,
+    heights: np.ndarray,
+    widths: np.ndarray,
+    counts: np.ndarray,
+    score: np.ndarray,
+    proposal_index: np.ndarray,
+    aux_counts: np.ndarray | None = None,
+    aux_index: np.ndarray | None = None,
+    aux_weight: float = AUX_WEIGHT,
+) -> list[dict[str, Any]]:
+    """COCO annotations of N objects; ``bbox`` and ``area`` come from the masks (pycocotools, no decoding).
+
+    Args:
+        ann_id, image_id, category_id: ``(N,)``. xy: ``(N, 2)`` points ``[x, y]`` (pixel-index coordinates).
+        heights, widths: ``(N,)`` image size of each object. counts: ``(N,)`` chosen masks' RLE counts.
+        score: ``(N,)``. proposal_index: ``(N,)`` chosen proposal indices.
+        aux_counts / aux_index: ``(N, R)`` auxiliary masks' RLE counts and proposal indices, or None.
+    """
+    rles = rle_dicts(counts, heights, widths)
+    n = len(rles)
+    area = np.asarray(mask_utils.area(rles), dtype=np.int64) if n else np.zeros(0, np.int64)
+    bbox = np.asarray(mask_utils.toBbox(rles), dtype=np.float64) if n else np.zeros((0, 4))
+    anns = []
+    for i in range(n):
+        ann = {
+            "id": int(ann_id[i]),
+            "image_id": int(image_id[i]),
+            "category_id": int(category_id[i]),
+            "iscrowd": 0,
+            "segmentation": rles[i],
+            "bbox": [float(v) for v in bbox[i]],
+            "area": int(area[i]),
+            "point": [float(xy[i, 0]), float(xy[i, 1])],
+            "score": float(score[i]),
+            "proposal_index": int(proposal_index[i]),
+        }
+        if aux_counts is not None and aux_index is not None:
+            size = rles[i]["size"]
+            ann["aux_segmentations"] = [{"size": size, "counts": str(c)} for c in aux_counts[i]]
+            ann["aux_weights"] = [aux_weight] * aux_counts.shape[1]
+            ann["aux_proposal_indices"] = [int(j) for j in aux_index[i]]
+        anns.append(ann)
+    return anns
+
+
+def write_json_atomic(path: str | Path, doc: Any) -> None:
+    """Stream ``doc`` as JSON into a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    A failure at any point removes the temporary file and leaves ``path`` as it was (absent or the old file).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _segmentation_rle(seg: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """A prediction's segmentation (compressed/uncompressed RLE or polygons) as a compressed RLE dict."""
+    h, w = size
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, h, w)
+    if isinstance(seg, dict) and "counts" in seg:
+        return {"size": list(seg["size"]), "counts": seg["counts"]}
+    raise ValueError(f"unsupported segmentation of type {type(seg).__name__}")
+
+
+def load_predictions(
+    path: str | Path, image_size: dict[int, tuple[int, int]], name: str | None = None
+) -> tuple[PredSet, dict[str, Any] | None]:
+    """Read a COCO instances file (with ``annotations``) or a COCO results list as a :class:`PredSet`.
+
+    Masks are taken from ``segmentation`` when every record has one (else only boxes are scored). Records
+    without ``score`` get 1.0. Annotation ids are kept only for an instances file whose records all have one.
+
+    Args:
+        image_size: ``{image id: (H, W)}`` of the ground truth (polygons need it; unknown ids are errors).
+
+    Returns ``(predictions, the instances file's document or None for a results list)``.
+    """
+    path = Path(path)
+    doc = load_json(path, "predictions file")
+    if isinstance(doc, dict) and isinstance(doc.get("annotations"), list):
+        records, instances = doc["annotations"], doc
+    elif isinstance(doc, list):
+        records, instances = doc, None
+    else:
+        raise InputError(
+            f"predictions file {path}: expected a COCO instances file (with 'annotations') or a COCO "
+            "results list"
+        )
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or "image_id" not in rec or "category_id" not in rec:
+            raise InputError(f"predictions file {path}: record {i} lacks image_id/category_id")
+        if rec["image_id"] not in image_size:
+            raise InputError(
+                f"predictions file {path}: record {i} is on image id {rec['image_id']}, which is not "
+                "in the ground truth"
+            )
+        if "segmentation" not in rec and "bbox" not in rec:
+            raise InputError(
+                f"predictions file {path}: record {i} has neither segmentation nor bbox"
+            )
+    has_masks = all("segmentation" in r and r["segmentation"] for r in records)
+    rles = None
+    try:
+        if has_masks:
+            rles = [
+                _segmentation_rle(r["segmentation"], image_size[r["image_id"]]) for r in records
+            ]
+    except (ValueError, TypeError, KeyError) as err:
+        raise InputError(f"predictions file {path}: a segmentation cannot be read: {err}") from None
+    if rles is not None and rles:
+        box = xywh_to_xyxy(np.asarray(mask_utils.toBbox(rles)))
+    else:
+        box = xywh_to_xyxy(np.array([r.get("bbox", [0, 0, 0, 0]) for r in records], np.float64))
+    with_ids = instances is not None and all("id" in r for r in records)
+    if name is None:
+        info = instances.get("info", {}) if instances is not None else {}
+        name = str(info.get("selector", path.stem)) if isinstance(info, dict) else path.stem
+    preds = PredSet(
+        name=name,
+        image_id=np.array([int(r["image_id"]) for r in records], dtype=np.int64),
+        category_id=np.array([int(r["category_id"]) for r in records], dtype=np.int64),
+        score=np.array([float(r.get("score", 1.0)) for r in records], dtype=np.float64),
+        box=box.reshape(-1, 4),
+        rles=rles,
+        ann_id=np.array([int(r["id"]) for r in records], dtype=np.int64) if with_ids else None,
+    )
+    return preds, instances

@@ -1,0 +1,313 @@
+"""`run_export` (pseudo-label COCO JSON per selector, report, overlays) and `run_evaluate` (any COCO file)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from stages import __version__
+from stages.common.config import save_resolved_config, sidecar_config_path
+from stages.common.errors import InputError
+from stages.common.io import read_image_rgb
+from stages.common.masks import decode_rles
+from stages.common.selections import Selections, check_matches_store, load_selections
+from stages.export.config import (
+    AUX_RANKS,
+    AUX_WEIGHT,
+    EvaluateConfig,
+    ExportConfig,
+    output_paths,
+)
+from stages.export.gt import (
+    GroundTruth,
+    check_images,
+    load_ground_truth,
+    match_annotations,
+    proposal_gt_iou,
+    xywh_to_xyxy,
+)
+from stages.export.pseudo import build_annotations, load_predictions, write_json_atomic
+from stages.export.report import (
+    PredSet,
+    build_report,
+    evaluate_predictions,
+    fill_ratio,
+    write_report,
+)
+from stages.export.selectors import (
+    SELECTORS,
+    SelectorInputs,
+    aux_proposal_indices,
+    run_selector,
+)
+from stages.export.viz import InstanceLayer, choose_images, write_image_overlays
+from stages.propose.store import ProposalStore
+
+log = logging.getLogger(__name__)
+
+ORACLE_NOTE = (
+    "ORACLE selector: each mask is the proposal with the best IoU with the ground truth. An upper bound for "
+    "analysis only; NOT training data (it reads the GT masks)."
+)
+
+
+@dataclass
+class ExportResult:
+    """What `run_export` wrote: one pseudo-label file per selector, plus optional report and overlays."""
+
+    outputs: dict[str, Path]
+    num_objects: int
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+    report_paths: tuple[Path, Path] | None = None
+    viz_paths: list[Path] = field(default_factory=list)
+    config_path: Path | None = None
+
+
+@dataclass
+class _Exported:
+    """One selector's export kept in memory for the report and the overlays (P' exported objects)."""
+
+    counts: np.ndarray  # (P',) chosen RLE counts
+    annotations: list[dict[str, Any]]
+
+
+def _subset_selections(sel: Selections, keep: np.ndarray) -> Selections:
+    arrays = {f.name: getattr(sel, f.name)[keep] for f in fields(sel) if f.name != "meta"}
+    return Selections(**arrays, meta=sel.meta)
+
+
+def _pred_set(
+    name: str, anns: list[dict[str, Any]], extra: dict[str, np.ndarray] | None
+) -> PredSet:
+    return PredSet(
+        name=name,
+        image_id=np.array([a["image_id"] for a in anns], dtype=np.int64),
+        category_id=np.array([a["category_id"] for a in anns], dtype=np.int64),
+        score=np.array([a["score"] for a in anns], dtype=np.float64),
+        box=xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float64)),
+        rles=[a["segmentation"] for a in anns],
+        ann_id=np.array([a["id"] for a in anns], dtype=np.int64),
+        box_extra=extra,
+    )
+
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    """Export pseudo labels of every selector in ``cfg.selectors``; report and overlays when asked."""
+    cfg.validate()
+    store = ProposalStore.open(cfg.store)
+    store.require_complete()
+    objs, images = store.objects, store.images
+    sel = None
+    if cfg.selections is not None:
+        sel = load_selections(cfg.selections)
+        check_matches_store(sel, store)
+
+    status = store.point_status()
+    keep = np.nonzero(status == 1)[0]
+    errors = dict(store.errors())
+    skipped = [
+        (int(a), errors.get(int(a), "no proposals")) for a in objs.ann_id[status != 1].tolist()
+    ]
+    for ann_id, why in skipped:
+        log.warning("object %d has no proposals (%s); not exported", ann_id, why)
+
+    counts = store.rle(keep)  # (P', M)
+    image_index = objs.image_index[keep]
+    heights, widths = images.height[image_index], images.width[image_index]
+    image_id = images.image_id[image_index]
+    ann_id, category_id, xy = objs.ann_id[keep], objs.category_id[keep], objs.xy[keep]
+    scores, areas = store.scores()[keep], store.areas()[keep]
+
+    gt: GroundTruth | None = None
+    gt_rows = None
+    if cfg.gt is not None:
+        gt = load_ground_truth(cfg.gt)
+        source = f"proposal store {store.path}"
+        check_images(gt, images.image_id, images.height, images.width, source)
+        gt_rows = match_annotations(gt, ann_id, image_id, category_id, source)
+    gt_iou = None
+    if "oracle" in cfg.selectors:
+        assert gt is not None and gt_rows is not None
+        gt_iou = proposal_gt_iou(counts, heights, widths, image_index, gt_rows, gt)
+    sel_sub = _subset_selections(sel, keep) if sel is not None else None
+    inputs = SelectorInputs(scores=scores, areas=areas, selections=sel_sub, gt_iou=gt_iou)
+
+    attrs = store.attrs
+    images_json = [
+        {"id": int(i), "file_name": f, "height": int(h), "width": int(w)}
+        for i, f, h, w in zip(
+            images.image_id.tolist(),
+            images.file_name,
+            images.height.tolist(),
+            images.width.tolist(),
+            strict=True,
+        )
+    ]
+    categories = list(attrs.get("categories") or [])
+    outputs = output_paths(cfg.out, cfg.selectors)
+    exported: dict[str, _Exported] = {}
+    rows = np.arange(len(keep))
+    for name in cfg.selectors:
+        choice = run_selector(name, inputs, source=str(cfg.selections or store.path))
+        chosen = counts[rows, choice.index]
+        aux_counts = aux_index = None
+        if cfg.wants_aux(name):
+            assert sel_sub is not None
+            aux_index = aux_proposal_indices(sel_sub.prm_scores, AUX_RANKS)
+            aux_counts = np.take_along_axis(counts, aux_index, axis=1)
+        anns = build_annotations(
+            ann_id, image_id, category_id, xy, heights, widths, chosen, choice.score,
+            choice.index, aux_counts, aux_index,
+        )  # fmt: skip
+        spec = SELECTORS[name]
+        info: dict[str, Any] = {
+            "description": f"sapnet pseudo labels, selector {name!r}",
+            "selector": name,
+            "training_data": spec.training_data,
+            "version": __version__,
+            "date_created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "store": str(store.path),
+            "source_json": attrs.get("source_json"),
+            "backend": attrs.get("backend"),
+            "selections": str(cfg.selections) if cfg.selections is not None else None,
+            "aux_masks": aux_counts is not None,
+            "num_objects": len(anns),
+            "skipped": [{"id": a, "reason": r} for a, r in skipped],
+        }
+        if aux_counts is not None:
+            info |= {"aux_ranks": list(AUX_RANKS), "aux_weight": AUX_WEIGHT}
+        if not spec.training_data:
+            info["note"] = ORACLE_NOTE
+        doc = {"info": info, "images": images_json, "categories": categories, "annotations": anns}
+        write_json_atomic(outputs[name], doc)
+        log.info("wrote %d pseudo labels (%s) to %s", len(anns), name, outputs[name])
+        exported[name] = _Exported(chosen, anns)
+
+    result = ExportResult(outputs=outputs, num_objects=len(keep), skipped=skipped)
+    if cfg.report is not None:
+        assert gt is not None and gt_rows is not None
+        rv_bag = fill_ratio(areas, store.boxes()[keep])
+        img_ids = [int(im["id"]) for im in images_json]
+        results = []
+        for name, ex in exported.items():
+            extra = {"bms": sel_sub.bms_box} if name == "sapnet" and sel_sub is not None else None
+            preds = _pred_set(name, ex.annotations, extra)
+            preds.rv_bag = rv_bag
+            results.append(evaluate_predictions(preds, gt, img_ids, cfg.thresholds, gt_rows))
+        result.report = build_report(results, gt, len(images_json), cfg.thresholds)
+        result.report_paths = write_report(result.report, cfg.report)
+        log.info("report written to %s", result.report_paths[0])
+    if cfg.viz is not None and cfg.viz_count > 0:
+        result.viz_paths = _write_viz(cfg, store, keep, exported, categories, gt)
+    result.config_path = save_resolved_config(
+        cfg,
+        sidecar_config_path(outputs[cfg.selectors[0]]),
+        outputs={k: str(v) for k, v in outputs.items()},
+    )
+    return result
+
+
+def _write_viz(
+    cfg: ExportConfig,
+    store: ProposalStore,
+    keep: np.ndarray,
+    exported: dict[str, _Exported],
+    categories: list[dict[str, Any]],
+    gt: GroundTruth | None,
+) -> list[Path]:
+    """Overlays of the ``cfg.viz_count`` most crowded images, one PNG per selector plus a grid."""
+    assert cfg.viz is not None
+    images, objs = store.images, store.objects
+    image_index = objs.image_index[keep]
+    per_image = np.bincount(image_index, minlength=len(images))
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    images_dir = cfg.images or store.attrs.get("images_dir")
+    if images_dir is None:
+        log.warning("no --images folder given: overlays are drawn on a grey canvas")
+    paths: list[Path] = []
+    for img in choose_images(per_image, cfg.viz_count).tolist():
+        h, w = int(images.height[img]), int(images.width[img])
+        file_name = images.file_name[img]
+        if images_dir is not None:
+            rgb = read_image_rgb(Path(images_dir) / file_name)
+        else:
+            rgb = np.full((h, w, 3), 128, dtype=np.uint8)
+        rows = np.nonzero(image_index == img)[0]
+        keep_rows = keep[rows]
+        labels = [names.get(int(c), str(c)) for c in objs.category_id[keep_rows].tolist()]
+        layers = {}
+        for name, ex in exported.items():
+            masks = decode_rles([str(c) for c in ex.counts[rows]], h, w)
+            boxes = xywh_to_xyxy(np.array([ex.annotations[r]["bbox"] for r in rows]))
+            layers[name] = InstanceLayer(masks, boxes, objs.xy[keep_rows], labels)
+        gt_masks = None
+        if gt is not None:
+            g = gt.rows_by_image[int(images.image_id[img])]
+            g = g[~gt.iscrowd[g]]
+            if len(g):
+                gt_masks = (
+                    mask_utils.decode([gt.rles[i] for i in g]).transpose(2, 0, 1).astype(bool)
+                )
+        stem = Path(file_name).with_suffix("").as_posix().replace("/", "_")
+        paths += write_image_overlays(cfg.viz, stem, rgb, layers, gt_masks)
+    log.info("wrote %d overlay image(s) to %s", len(paths), cfg.viz)
+    return paths
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Score a COCO instances file or results list against ``cfg.gt``; writes the report when asked.
+
+    Per-object metrics (IoU, errors) need annotation ids that match the GT (pseudo-label files); a results
+    list gets AP only. An instances file is evaluated on its own images, a results list on all GT images.
+    """
+    gt = load_ground_truth(cfg.gt)
+    preds, doc = load_predictions(cfg.pred, gt.image_size)
+    source = f"predictions file {cfg.pred}"
+    if doc is not None and doc.get("images"):
+        ims = doc["images"]
+        try:
+            ids = np.array([int(im["id"]) for im in ims], dtype=np.int64)
+            hs = np.array([int(im["height"]) for im in ims], dtype=np.int64)
+            ws = np.array([int(im["width"]) for im in ims], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{source}: an image record lacks id/height/width: {err}") from None
+        check_images(gt, ids, hs, ws, source)
+        img_ids = ids.tolist()
+    else:
+        img_ids = sorted(gt.image_size)
+    gt_rows = None
+    note = None
+    if preds.ann_id is not None:
+        rows = gt.index_of(preds.ann_id)
+        safe = np.maximum(rows, 0)
+        ok = (
+            (rows >= 0)
+            & (gt.image_id[safe] == preds.image_id)
+            & (gt.category_id[safe] == preds.category_id)
+        )
+        if ok.all():
+            gt_rows = rows
+        else:
+            note = (
+                f"{int((~ok).sum())} of {len(preds)} annotation ids do not match a GT annotation of the "
+                "same image and class: per-object metrics skipped"
+            )
+    else:
+        note = "predictions carry no annotation ids matching the GT: per-object metrics skipped"
+    if note:
+        log.info(note)
+    res = evaluate_predictions(preds, gt, img_ids, cfg.thresholds, gt_rows)
+    if note:
+        res["note"] = note
+    report = build_report([res], gt, len(img_ids), cfg.thresholds)
+    if cfg.report is not None:
+        md, _ = write_report(report, cfg.report)
+        log.info("report written to %s", md)
+    return report
