@@ -204,3 +204,24 @@ def test_mobile_sam_random_weights(tmp_path: Path, image: np.ndarray) -> None:
     fp = backend.fingerprint()
     assert (fp["backend"], fp["model"], fp["attention"]) == ("mobile-sam", "vit_t", "original")
     # one encode only (1024 px TinyViT is the slow part); vit_test above checks the order contract
+
+
+def test_bench_propose_smoke(tmp_path: Path) -> None:
+    """benchmarks/bench_propose.py runs end to end on vit_test and writes its rows as JSON."""
+    import importlib.util as iu
+    import json
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_propose.py"
+    spec = iu.spec_from_file_location("bench_propose", path)
+    bench = iu.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "propose.json"
+    args = ["--model", "vit_test", "--sections", "sam", "--points", "2", "--repeat", "1"]
+    assert bench.main([*args, "--width", "64", "--height", "48", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    metrics = {(r["case"], r["metric"]) for r in rows}
+    assert ("original fp32", "encode") in metrics and (
+        "ratio",
+        "per-point decode speed-up",
+    ) in metrics
+    assert all(r["value"] is None or r["value"] > 0 for r in rows)

@@ -1,0 +1,311 @@
+"""Benchmark the proposal backends: SAM encode/decode, batched vs per-point prompting, classical backend.
+
+    .venv/bin/python benchmarks/bench_propose.py                       # CPU: random-weight vit_b + vit_t
+    .venv/bin/python benchmarks/bench_propose.py --device cuda --model vit_h --precision bf16 --images 10
+
+SAM models use random weights (timings do not depend on the values). For each model it compares
+
+* ``original``: segment-anything's ``SamPredictor`` as usually called: fp32, ``set_image`` then one ``predict``
+  call per point (multimask, 3 masks each);
+* ``sapnet``: :class:`~stages.propose.backends.sam.SamBackend` with SDPA attention, ``--precision`` (autocast,
+  CUDA only) and all ``--points`` points of an image decoded in one ``predict_torch`` call,
+
+reporting seconds per image for the encoder, seconds per point for decoding, images/s for the same work (P points x
+3 masks) and for SAPNet's 6 proposals, and peak memory (process RSS; GPU allocator peak on CUDA).
+
+Extending: a section is a function ``(args) -> list[dict]`` whose rows have the keys of :data:`COLUMNS`; append it
+to :data:`SECTIONS` (``SECTIONS.append(("store", store_section))``) and it runs (``--sections`` selects by name),
+its rows join the Markdown table and the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from stages.common.errors import SapnetError  # noqa: E402
+from stages.propose.backends.sam import SamBackend, build_model, resolve_device  # noqa: E402
+
+COLUMNS = ("section", "case", "metric", "value", "unit", "notes")
+Row = dict[str, Any]
+Section = Callable[[argparse.Namespace], list[Row]]
+
+
+def row(
+    section: str, case: str, metric: str, value: float | None, unit: str, notes: str = ""
+) -> Row:
+    return dict(zip(COLUMNS, (section, case, metric, value, unit, notes), strict=True))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """Run ``fn`` and return (result, wall seconds), synchronising CUDA around it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def _images(args: argparse.Namespace) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [
+        rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+        for _ in range(args.images)
+    ]
+
+
+def _points(args: argparse.Namespace, h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return np.stack(
+        [rng.uniform(0, w - 1, args.points), rng.uniform(0, h - 1, args.points)], 1
+    ).astype(np.float32)
+
+
+def _gpu_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _gpu_peak_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _best_of(repeat: int, fn: Callable[[], Any], device: torch.device) -> float:
+    """Fastest of ``repeat`` timed runs of ``fn`` (the machine may be shared: min filters noise)."""
+    return min(timed(fn, device)[1] for _ in range(max(repeat, 1)))
+
+
+def _per_point(pred: Any, pts: np.ndarray) -> None:
+    for p in pts:
+        pred.predict(p[None], np.ones(1), multimask_output=True)
+
+
+def _bench_original(sam: torch.nn.Module, images, pts, device, args) -> dict[str, float]:
+    from segment_anything import SamPredictor
+
+    pred = SamPredictor(sam)
+    if device.type == "cuda":  # warm-up (kernels, allocator)
+        pred.set_image(images[0])
+        pred.predict(pts[:1], np.ones(1), multimask_output=True)
+    _gpu_reset(device)
+    enc = dec = 0.0
+    for img in images:
+        _, t = timed(lambda img=img: pred.set_image(img), device)
+        enc += t
+        for p in pts:
+            _, t = timed(
+                lambda p=p: pred.predict(p[None], np.ones(1), multimask_output=True), device
+            )
+            dec += t
+    pred.reset_image()
+    n = len(images)
+    return {"enc": enc / n, "dec_point": dec / (n * len(pts)), "ips": n / (enc + dec)}
+
+
+def _bench_sapnet(sam: torch.nn.Module, images, pts, device, args) -> dict[str, float]:
+    backend = SamBackend(
+        sam,
+        model=args.model_name,
+        checkpoint_sha256="random-init",
+        device=device,
+        precision=args.precision,
+        attention="sdpa",
+        batch_points=len(pts),
+    )
+    if device.type == "cuda":
+        list(backend.propose(images[0], pts))
+    _gpu_reset(device)
+    enc = dec3 = dec6 = 0.0
+    for img in images:  # propose() = encode + decode per chunk + .cpu(); timed in its parts
+        _, t = timed(lambda img=img: backend.encode(img), device)
+        enc += t
+        dec3 += _best_of(args.repeat, lambda: [x.cpu() for x in backend.decode(pts, 3)], device)
+        dec6 += _best_of(args.repeat, lambda: [x.cpu() for x in backend.decode(pts, 6)], device)
+    backend.predictor.reset_image()
+    n = len(images)
+    return {
+        "enc": enc / n,
+        "dec_point": dec3 / (n * len(pts)),
+        "ips": n / (enc + dec3),
+        "ips6": n / (enc + dec6),
+    }
+
+
+def sam_section(args: argparse.Namespace) -> list[Row]:
+    """Original SamPredictor vs SamBackend for each ``--model`` (random weights)."""
+    device = resolve_device(args.device)
+    images = _images(args)
+    pts = _points(args, args.height, args.width)
+    p = len(pts)
+    rows: list[Row] = []
+    for model in args.model:
+        sec = f"sam {model}"
+        try:
+            torch.manual_seed(0)
+            sam = build_model(model).to(device)
+        except SapnetError as e:
+            rows.append(row(sec, "-", "skipped", None, "", str(e).split(";")[0]))
+            continue
+        args.model_name = model
+        size = f"{args.width}x{args.height}, {p} pts, {len(images)} img"
+        orig = _bench_original(copy.deepcopy(sam), images, pts, device, args)
+        gpu_orig = _gpu_peak_mb(device)
+        mine = _bench_sapnet(sam, images, pts, device, args)
+        gpu_mine = _gpu_peak_mb(device)
+        case_o, case_m = "original fp32", f"sapnet {args.precision}+sdpa+batched"
+        rows += [
+            row(sec, case_o, "encode", orig["enc"], "s/image", size),
+            row(sec, case_m, "encode", mine["enc"], "s/image", size),
+            row(sec, case_o, "decode (1 call/point)", orig["dec_point"], "s/point", "3 masks"),
+            row(sec, case_m, f"decode ({p} pts/call)", mine["dec_point"], "s/point", "3 masks"),
+            row(
+                sec,
+                "ratio",
+                "per-point decode speed-up",
+                orig["dec_point"] / mine["dec_point"],
+                "x",
+            ),
+            row(sec, case_o, "throughput, M=3", orig["ips"], "images/s", f"{p} pts/image"),
+            row(sec, case_m, "throughput, M=3", mine["ips"], "images/s", f"{p} pts/image"),
+            row(sec, case_m, "throughput, M=6", mine["ips6"], "images/s", "point + point&box"),
+            row(sec, "ratio", "throughput speed-up (M=3)", mine["ips"] / orig["ips"], "x"),
+            row(sec, "process", "peak RSS so far", peak_rss_mb(), "MB"),
+        ]
+        if device.type == "cuda":
+            rows += [
+                row(sec, case_o, "peak GPU memory", gpu_orig, "MB"),
+                row(sec, case_m, "peak GPU memory", gpu_mine, "MB"),
+            ]
+        del sam
+    return rows
+
+
+def _coco_images(args: argparse.Namespace) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, points) pairs from ``--data`` (points = GT box centres), or random ones if it is missing."""
+    ann_file = Path(args.data) / "annotations.json"
+    if not ann_file.is_file():
+        return [(img, _points(args, *img.shape[:2])) for img in _images(args)]
+    from PIL import Image
+
+    doc = json.loads(ann_file.read_text())
+    out = []
+    for info in doc["images"][: args.images]:
+        img = np.asarray(Image.open(Path(args.data) / "images" / info["file_name"]).convert("RGB"))
+        boxes = [a["bbox"] for a in doc["annotations"] if a["image_id"] == info["id"]][
+            : args.points
+        ]
+        pts = np.array([[x + w / 2 - 0.5, y + h / 2 - 0.5] for x, y, w, h in boxes], np.float32)
+        out.append((img, pts.reshape(-1, 2)))
+    return out
+
+
+def classical_section(args: argparse.Namespace) -> list[Row]:
+    """Seconds per image of the weight-free ``classical`` backend (guarded: it may not exist yet)."""
+    from stages.propose.backends import get_backend
+
+    try:
+        backend = get_backend("classical", num_proposals=6, device="cpu")
+    except (SapnetError, ImportError, AttributeError, TypeError) as e:
+        return [row("classical", "-", "skipped", None, "", f"{type(e).__name__}: {e}"[:120])]
+    pairs = _coco_images(args)
+    total = 0.0
+    for img, pts in pairs:
+        _, t = timed(lambda img=img, pts=pts: list(backend.propose(img, pts)), torch.device("cpu"))
+        total += t
+    n_pts = sum(len(p) for _, p in pairs)
+    note = f"{len(pairs)} image(s), {n_pts} pts"
+    return [
+        row("classical", "classical", "propose", total / max(len(pairs), 1), "s/image", note),
+        row("classical", "process", "peak RSS so far", peak_rss_mb(), "MB"),
+    ]
+
+
+# name -> section; other benchmarks (e.g. proposal-store throughput) append theirs here.
+SECTIONS: list[tuple[str, Section]] = [("sam", sam_section), ("classical", classical_section)]
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        v = r["value"]
+        cells = [r[c] for c in COLUMNS]
+        cells[3] = "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else v)
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument(
+        "--model",
+        default="vit_b,vit_t",
+        help="comma-separated SAM variants (vit_h, vit_l, vit_b, vit_t, vit_test); vit_t is skipped "
+        "when mobile_sam is not installed",
+    )
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--images", type=int, default=1, help="images per measurement")
+    ap.add_argument("--points", type=int, default=16, help="points per image")
+    ap.add_argument("--repeat", type=int, default=2, help="decode timings: best of this many runs")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "coco-dev"))
+    ap.add_argument("--sections", default=",".join(n for n, _ in SECTIONS))
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "propose.json"))
+    args = ap.parse_args(argv)
+    args.model = [m.strip() for m in args.model.split(",") if m.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wanted = {s.strip() for s in args.sections.split(",")}
+    rows: list[Row] = []
+    t0 = time.perf_counter()
+    for name, section in SECTIONS:
+        if name in wanted:
+            rows += section(args)
+    print(markdown(rows))
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "wall_s": time.perf_counter() - t0,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": env, "args": vars(args), "rows": rows}, indent=1) + "\n")
+    print(f"\nwrote {out} ({env['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
