@@ -187,7 +187,7 @@ def train_seg(
     summary = run_train_seg(cfg)
     d2 = summary["detectron2"]
     typer.echo(
-        f"train-seg ({summary['mode']}): {summary['out_dir']}  iterations {summary['last_iteration']}"
+        f"train-seg ({summary['mode']}): {summary['out_dir']}  iterations {summary['iterations_done']}"
         f"/{summary['max_iter']}  device {summary['device']}  detectron2 {d2['version']} ({d2['route']})"
     )
     if summary["model_final"]:

@@ -197,7 +197,7 @@ def _worker(cfg: CfgNode, config: TrainSegConfig) -> None:
             checkpoint = config.resolved_checkpoint()
             DetectionCheckpointer(model, save_dir=str(out_dir)).load(str(checkpoint))
             results = Trainer.test(cfg, model)
-            iteration = None
+            iterations = None
         else:
             trainer = Trainer(cfg)
             trainer.resume_or_load(resume=config.resume)
@@ -210,7 +210,7 @@ def _worker(cfg: CfgNode, config: TrainSegConfig) -> None:
             trainer.train()
             results = getattr(trainer, "_last_eval_results", None)  # set by the final EvalHook
             checkpoint = out_dir / "model_final.pth"
-            iteration = int(trainer.iter)
+            iterations = int(trainer.iter)  # == max_iter after a complete run
         if rank == 0 and cfg.DATASETS.TEST and results:
             write_eval_files(
                 results,
@@ -219,7 +219,7 @@ def _worker(cfg: CfgNode, config: TrainSegConfig) -> None:
                     "dataset": str(config.val_json),
                     "images": str(config.val_images),
                     "checkpoint": str(checkpoint),
-                    "iteration": iteration,
+                    "iterations": iterations,
                 },
             )
     comm.synchronize()
@@ -252,7 +252,8 @@ def _init_from_torchrun(env: dict[str, int], device: str) -> None:
     comm.synchronize()
 
 
-def _last_iteration(metrics: Path) -> int | None:
+def _iterations_done(metrics: Path) -> int | None:
+    """Iterations trained so far in ``out_dir`` (last logged 0-based iteration + 1), from ``metrics.json``."""
     if not metrics.is_file():
         return None
     last = None
@@ -263,7 +264,7 @@ def _last_iteration(metrics: Path) -> int | None:
             continue
         if "total_loss" in record:  # a training line (evaluation lines carry no losses)
             last = int(record["iteration"])
-    return last
+    return None if last is None else last + 1
 
 
 def _summary(cfg: CfgNode, config: TrainSegConfig, num_classes: int) -> dict[str, Any]:
@@ -276,7 +277,7 @@ def _summary(cfg: CfgNode, config: TrainSegConfig, num_classes: int) -> dict[str
         "model_final": str(final) if final.is_file() else None,
         "config": str(out_dir / "config.yaml"),
         "metrics": str(out_dir / "metrics.json"),
-        "last_iteration": _last_iteration(out_dir / "metrics.json"),
+        "iterations_done": _iterations_done(out_dir / "metrics.json"),
         "max_iter": int(cfg.SOLVER.MAX_ITER),
         "num_classes": num_classes,
         "device": cfg.MODEL.DEVICE,
@@ -292,7 +293,7 @@ def _summary(cfg: CfgNode, config: TrainSegConfig, num_classes: int) -> dict[str
 def train_seg(config: TrainSegConfig) -> dict[str, Any]:
     """Train SOLOv2 on ``config.train_json`` (or only evaluate a checkpoint) and write the outputs.
 
-    Returns a summary: output paths, ``last_iteration``, ``max_iter``, ``eval`` (``{task: {metric: value}}``
+    Returns a summary: output paths, ``iterations_done``, ``max_iter``, ``eval`` (``{task: {metric: value}}``
     or None), the detectron2 install description.
 
     Raises:
