@@ -243,7 +243,83 @@ def classical_section(args: argparse.Namespace) -> list[Row]:
 
 
 # name -> section; other benchmarks (e.g. proposal-store throughput) append theirs here.
-SECTIONS: list[tuple[str, Section]] = [("sam", sam_section), ("classical", classical_section)]
+def store_section(args: argparse.Namespace) -> list[Row]:
+    """Store write throughput (whole units, pre-encoded RLE) and the dense box read of every point."""
+    import tempfile
+    from pathlib import Path
+
+    from stages.common.annotations import ImageRecord, PointSet
+    from stages.common.masks import encode_masks, masks_to_boxes
+    from stages.propose.store import ProposalStore, UnitResult
+
+    n_img, per_img, m = args.store_images, args.store_points, 6
+    h, w = args.height, args.width
+    images = [ImageRecord(i, i + 1, f"{i:06d}.jpg", h, w) for i in range(n_img)]
+    p = n_img * per_img
+    rng = np.random.default_rng(0)
+    pts = PointSet(
+        source=Path("synthetic.json"),
+        sha256="0" * 64,
+        images=images,
+        categories=[{"id": 1, "name": "thing"}],
+        ann_id=np.arange(p, dtype=np.int64),
+        image_index=np.repeat(np.arange(n_img), per_img).astype(np.int32),
+        category_id=np.ones(p, np.int32),
+        xy=rng.uniform(0, min(h, w), size=(p, 2)).astype(np.float32),
+    )
+    # One realistic-ish set of M nested ellipse masks, reused for every point.
+    yy, xx = np.mgrid[0:h, 0:w]
+    masks = np.stack(
+        [
+            ((xx - w / 2) / (30 + 25 * k)) ** 2 + ((yy - h / 2) / (20 + 18 * k)) ** 2 <= 1
+            for k in range(m)
+        ]
+    )
+    rle, boxes = np.array(encode_masks(masks), dtype=object), masks_to_boxes(masks)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ProposalStore.create(Path(tmp) / "s.zarr", pts, {"name": "bench"}, m, ["x"] * m)
+        t0 = time.perf_counter()
+        for u in range(store.num_units):
+            lo, hi = store.unit_rows(u)
+            n = hi - lo
+            store.write_unit(
+                u,
+                UnitResult(
+                    boxes=np.broadcast_to(boxes, (n, m, 4)).copy(),
+                    scores=np.full((n, m), 0.5, np.float32),
+                    area=np.broadcast_to(masks.sum((1, 2)), (n, m)).copy(),
+                    rle=np.broadcast_to(rle, (n, m)).copy(),
+                    status=np.ones(n, np.uint8),
+                    error=np.full(n, "", object),
+                ),
+            )
+        write_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reopened = ProposalStore.open(Path(tmp) / "s.zarr")
+        all_boxes = reopened.boxes()
+        read_s = time.perf_counter() - t0
+        assert all_boxes.shape == (p, m, 4)
+        case = f"{p} points, {n_img} images, M={m}, {w}x{h}"
+        rows.append(row("store", case, "write (units, pre-encoded RLE)", p / write_s, "points/s"))
+        rows.append(row("store", case, "read all boxes (open + boxes())", p / read_s, "points/s"))
+        rows.append(
+            row(
+                "store",
+                case,
+                "RLE bytes per mask (raw)",
+                float(np.mean([len(r) for r in rle])),
+                "B",
+            )
+        )
+    return rows
+
+
+SECTIONS: list[tuple[str, Section]] = [
+    ("sam", sam_section),
+    ("classical", classical_section),
+    ("store", store_section),
+]
 
 
 def markdown(rows: list[Row]) -> str:
@@ -273,6 +349,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "coco-dev"))
+    ap.add_argument("--store-images", type=int, default=2000, help="store section: images")
+    ap.add_argument("--store-points", type=int, default=8, help="store section: points per image")
     ap.add_argument("--sections", default=",".join(n for n, _ in SECTIONS))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench" / "propose.json"))
     args = ap.parse_args(argv)
