@@ -33,11 +33,24 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
 
 
+# pycocotools' ``area`` builds a uint8 array of the list length first, which overflows under NumPy 2 for
+# more than 255 masks: call it in slices of at most this many.
+AREA_BATCH = 255
+
+
+def rle_area(rles: list[dict[str, Any]]) -> np.ndarray:
+    """``(N,)`` int64 pixel areas of compressed RLE dicts (no decoding)."""
+    if len(rles) == 0:
+        return np.zeros(0, np.int64)
+    parts = [mask_utils.area(rles[i : i + AREA_BATCH]) for i in range(0, len(rles), AREA_BATCH)]
+    return np.concatenate([np.asarray(p, dtype=np.int64).reshape(-1) for p in parts])
+
+
 def rle_areas_boxes(rles: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Mask areas ``(N,)`` float64 and tight boxes ``(N, 4)`` xyxy of compressed RLEs (no decoding)."""
     if len(rles) == 0:
         return np.zeros(0), np.zeros((0, 4))
-    area = np.asarray(mask_utils.area(rles), dtype=np.float64)
+    area = rle_area(rles).astype(np.float64)
     box = xywh_to_xyxy(np.asarray(mask_utils.toBbox(rles)))
     return area, box
 
@@ -225,7 +238,7 @@ def pairwise_intersections(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> 
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     frac = np.asarray(mask_utils.iou(a, b, [1] * len(b)), dtype=np.float64).reshape(len(a), len(b))
-    area_a = np.asarray(mask_utils.area(a), dtype=np.float64)
+    area_a = rle_area(a).astype(np.float64)
     return np.rint(frac * area_a[:, None])
 
 

@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 from stages.common.errors import InputError
 from stages.common.io import load_json
 from stages.export.config import AUX_WEIGHT
-from stages.export.gt import xywh_to_xyxy
+from stages.export.gt import rle_area, xywh_to_xyxy
 from stages.export.report import PredSet
 
 
@@ -62,7 +62,7 @@ def build_annotations(
     """
     rles = rle_dicts(counts, heights, widths)
     n = len(rles)
-    area = np.asarray(mask_utils.area(rles), dtype=np.int64) if n else np.zeros(0, np.int64)
+    area = rle_area(rles)
     bbox = np.asarray(mask_utils.toBbox(rles), dtype=np.float64) if n else np.zeros((0, 4))
     anns = []
     for i in range(n):
@@ -74,8 +74,8 @@ def build_annotations(
             "segmentation": rles[i],
             "bbox": [float(v) for v in bbox[i]],
             "area": int(area[i]),
-            "point": [float(xy[i, 0]), float(xy[i, 1])],
-            "score": float(score[i]),
+            "point": [round(float(xy[i, 0]), 3), round(float(xy[i, 1]), 3)],
+            "score": round(float(score[i]), 6),
             "proposal_index": int(proposal_index[i]),
         }
         if aux_counts is not None and aux_index is not None:

@@ -12,8 +12,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from stages import __version__
+from stages.common.annotations import load_coco
 from stages.common.config import save_resolved_config, sidecar_config_path
-from stages.common.errors import InputError
+from stages.common.errors import InputError, StoreError
 from stages.common.io import read_image_rgb
 from stages.common.masks import decode_rles
 from stages.common.selections import Selections, check_matches_store, load_selections
@@ -98,6 +99,20 @@ def _pred_set(
     )
 
 
+def _categories(store: ProposalStore) -> list[dict[str, Any]]:
+    """The store's ``categories`` (stored at creation); older stores: read from their source JSON."""
+    cats = store.attrs.get("categories")
+    if cats:
+        return list(cats)
+    source = store.attrs.get("source_json")
+    if source and Path(source).is_file():
+        return list(load_coco(source, "the store's source JSON")["categories"])
+    raise StoreError(
+        f"proposal store {store.path} records no categories and its source JSON {source} is gone; "
+        "re-run `sapnet propose`"
+    )
+
+
 def run_export(cfg: ExportConfig) -> ExportResult:
     """Export pseudo labels of every selector in ``cfg.selectors``; report and overlays when asked."""
     cfg.validate()
@@ -150,7 +165,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             strict=True,
         )
     ]
-    categories = list(attrs.get("categories") or [])
+    categories = _categories(store)
     outputs = output_paths(cfg.out, cfg.selectors)
     exported: dict[str, _Exported] = {}
     rows = np.arange(len(keep))

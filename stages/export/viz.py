@@ -156,7 +156,7 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write an ``(H, W, 3)`` uint8 array as PNG (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
     return path
 
 

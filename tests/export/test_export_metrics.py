@@ -9,7 +9,7 @@ from stages.common.errors import StoreError
 from stages.common.masks import encode_masks
 from stages.common.selections import Selections
 from stages.export.config import ErrorThresholds, output_paths
-from stages.export.gt import pairwise_intersections, xywh_to_xyxy
+from stages.export.gt import pairwise_intersections, rle_area, xywh_to_xyxy
 from stages.export.report import (
     classify_errors,
     fill_ratio,
@@ -164,3 +164,11 @@ def test_aux_indices_are_prm_ranks_2_4_6():
 def test_output_paths_first_selector_gets_out(tmp_path):
     paths = output_paths(tmp_path / "pseudo.json", ("top1", "sapnet"))
     assert paths == {"top1": tmp_path / "pseudo.json", "sapnet": tmp_path / "pseudo.sapnet.json"}
+
+
+def test_rle_area_beyond_255_masks():
+    masks = np.zeros((300, 5, 4), bool)
+    for k in range(300):
+        masks[k].flat[: k % 20] = True
+    rles = [{"size": [5, 4], "counts": c} for c in encode_masks(masks)]
+    np.testing.assert_array_equal(rle_area(rles), [k % 20 for k in range(300)])
