@@ -290,3 +290,22 @@ def test_gt_that_does_not_match_the_store(tiny, tmp_path):
     with pytest.raises(InputError, match="no annotation with id 13"):
         run_export(ExportConfig(tiny.store_path, out, selectors=("oracle",), gt=missing))
     assert not out.exists()
+
+
+def test_selections_for_other_objects_and_incomplete_store(tiny, tmp_path):
+    from export_tinydata import M
+
+    from stages.common.annotations import load_points
+    from stages.common.selections import load_selections, save_selections
+    from stages.propose.store import ProposalStore
+
+    sel = load_selections(tiny.sel_dir)
+    sel.ann_id = sel.ann_id[::-1].copy()
+    save_selections(sel, tmp_path / "rev")
+    with pytest.raises(StoreError, match="different order"):
+        run_export(ExportConfig(tiny.store_path, tmp_path / "p.json", tmp_path / "rev"))
+    points = load_points(tiny.root / "points.json")
+    ProposalStore.create(tmp_path / "empty.zarr", points, {"name": "test"}, M, ["p"] * M)
+    with pytest.raises(StoreError, match="incomplete"):
+        run_export(ExportConfig(tmp_path / "empty.zarr", tmp_path / "p.json", selectors=("top1",)))
+    assert not (tmp_path / "p.json").exists()
