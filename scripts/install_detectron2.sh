@@ -91,6 +91,12 @@ else
 fi
 
 # --- route 3: pb1-detectron2 sdist, patched to pure Python ------------------------------------------------------
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    log "route 3 (pb1-patched): torch is not importable in $PY (the sdist's setup.py imports it); install the"
+    log "project first (pip install -e .), then rerun this script"
+    log "FAILED: no route could install detectron2 into $PY"
+    exit 1
+fi
 log "route 3 (pb1-patched): downloading the $PB1_SPEC sdist"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sapnet-d2.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT

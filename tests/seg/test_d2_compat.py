@@ -104,3 +104,22 @@ def test_install_script_rejects_a_bad_interpreter(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "not a working Python interpreter" in result.stderr
+
+
+def test_install_script_fails_loudly_without_torch(tmp_path: Path) -> None:
+    import os
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    env = {**os.environ, "SAPNET_D2_SKIP_OFFICIAL": "1"}
+    result = subprocess.run(
+        ["bash", str(SCRIPT), str(venv / "bin" / "python")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "route 2 (official): skipped" in result.stderr
+    assert "torch is not importable" in result.stderr and "FAILED" in result.stderr
+    assert not (venv / "detectron2-route.txt").exists()

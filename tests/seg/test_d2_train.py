@@ -115,3 +115,23 @@ def test_input_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert run_cli(base + ["--eval-only", "--val", GT, "--device", "cpu"]) == 2
     assert "model_final.pth does not exist" in capsys.readouterr().err
     assert run_cli(base + ["--opts", "SOLVER.BASE_LR"]) == 2
+
+
+def test_opts_grouping() -> None:
+    import typer
+
+    from sapnet_cli.commands.train_seg import merge_opts
+
+    assert merge_opts(["A.B"], ["1", "C.D", "2"]) == ["A.B", "1", "C.D", "2"]  # --opts A.B 1 C.D 2
+    assert merge_opts(["A.B", "C.D"], ["1", "2"]) == [
+        "A.B",
+        "1",
+        "C.D",
+        "2",
+    ]  # --opts A.B 1 --opts C.D 2
+    assert merge_opts(["SEED.X=-1", "A.B=[1,2]"], []) == ["SEED.X", "-1", "A.B", "[1,2]"]
+    assert merge_opts([], []) == []
+    with pytest.raises(typer.BadParameter):
+        merge_opts(["A.B", "C.D", "E.F"], ["1", "2"])
+    with pytest.raises(typer.BadParameter, match="no value"):
+        merge_opts(["A.B"], [])
