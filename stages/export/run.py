@@ -243,7 +243,7 @@ def _write_viz(
     image_index = objs.image_index[keep]
     per_image = np.bincount(image_index, minlength=len(images))
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
-    images_dir = cfg.images or store.attrs.get("images_dir")
+    images_dir = cfg.images or store.attrs.get("propose_config", {}).get("images")
     if images_dir is None:
         log.warning("no --images folder given: overlays are drawn on a grey canvas")
     paths: list[Path] = []
