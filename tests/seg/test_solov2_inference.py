@@ -100,3 +100,22 @@ def test_batch_of_two_and_size_mismatch() -> None:
     assert [p.masks.shape for p in preds] == [(2, 32, 32), (0, 16, 8)]
     with pytest.raises(ValueError):
         solov2_inference(two, [(32, 32)], SOLOv2Config(**BASE))
+
+
+def test_chunked_mask_computation_gives_the_same_predictions(monkeypatch) -> None:
+    import stages.seg.solov2.inference as inference
+
+    g = torch.Generator().manual_seed(0)
+    cfg = SOLOv2Config(**{**BASE, "num_classes": 3, "num_grids": (6, 5, 4, 3, 2)})
+    out = SOLOv2Outputs(
+        cate_preds=[torch.randn(1, 3, s, s, generator=g) for s in cfg.num_grids],
+        kernel_preds=[torch.randn(1, 3, s, s, generator=g) * 3 for s in cfg.num_grids],
+        mask_feats=torch.randn(1, 3, 8, 8, generator=g),
+    )
+    (whole,) = solov2_inference(out, [(32, 32)], cfg)
+    monkeypatch.setattr(inference, "_CHUNK", 4)
+    (chunked,) = solov2_inference(out, [(32, 32)], cfg)
+    assert whole.scores.numel() > 3
+    assert torch.equal(whole.labels, chunked.labels)
+    assert torch.allclose(whole.scores, chunked.scores)
+    assert torch.equal(whole.masks, chunked.masks)

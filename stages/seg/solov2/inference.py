@@ -25,7 +25,7 @@ from stages.seg.solov2.heads import SOLOv2Outputs
 from stages.seg.solov2.matrix_nms import matrix_nms
 from stages.seg.solov2.targets import MASK_STRIDE
 
-_CHUNK = 1024  # candidates whose masks are computed at once before the nms_pre cut
+_CHUNK = 1024  # grid cells whose masks are computed at once before the nms_pre cut
 
 
 @dataclass
@@ -86,25 +86,30 @@ def _single_image(
         return _empty(h, w, feats.device, return_soft)
     scores = cate[cells, labels]
 
-    # Masks, area filter and maskness, in chunks so that many candidates stay within memory.
-    areas, maskness, probs = [], [], []
-    for start in range(0, cells.numel(), _CHUNK):
-        p = _mask_probs(kernels[cells[start : start + _CHUNK]], feats)
+    # Masks depend on the cell only: compute area and maskness once per distinct cell, in chunks so
+    # that many candidates stay within memory, then share them between the cell's classes.
+    ucells, inverse = torch.unique(cells, return_inverse=True)
+    areas, mask_sums, probs = [], [], []
+    for start in range(0, ucells.numel(), _CHUNK):
+        p = _mask_probs(kernels[ucells[start : start + _CHUNK]], feats)
         binary = p > cfg.mask_thr
-        area = binary.sum(dim=(1, 2)).to(p.dtype)
-        areas.append(area)
-        maskness.append((p * binary).sum(dim=(1, 2)) / area.clamp(min=1.0))
-        if cells.numel() <= _CHUNK:
+        areas.append(binary.sum(dim=(1, 2)).to(p.dtype))
+        mask_sums.append((p * binary).sum(dim=(1, 2)))
+        if ucells.numel() <= _CHUNK:
             probs.append(p)
-    area = torch.cat(areas)
+    area = torch.cat(areas)[inverse]
+    maskness = torch.cat(mask_sums)[inverse] / area.clamp(min=1.0)
     keep = area > strides[cells].to(area.dtype)
     if not bool(keep.any()):
         return _empty(h, w, feats.device, return_soft)
-    scores = scores[keep] * torch.cat(maskness)[keep]
+    scores = scores[keep] * maskness[keep]
     order = torch.argsort(scores, descending=True)[: cfg.nms_pre]
     kept = keep.nonzero(as_tuple=True)[0][order]
     scores, labels, area = scores[order], labels[kept], area[kept]
-    seg = probs[0][kept] if probs else _mask_probs(kernels[cells[kept]], feats)
+    if probs:
+        seg = probs[0][inverse[kept]]
+    else:
+        seg = _mask_probs(kernels[cells[kept]], feats)
 
     scores = matrix_nms(
         seg > cfg.mask_thr, labels, scores, cfg.nms_kernel, cfg.nms_sigma, mask_area=area
