@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# The whole sapnet pipeline on examples/coco-mini, on CPU, without weights or network (`make reproduce`).
+#
+# Usage: bash scripts/reproduce.sh [OUT]          (default OUT: runs/reproduce)
+#        FULL=1 bash scripts/reproduce.sh OUT     (also trains SOLOv2 on the top1 pseudo labels)
+#
+# Stages (each prints its progress; outputs under OUT):
+#   points    examples/coco-mini/train/points.json (in the repo; RESAMPLE_POINTS=1 re-samples into OUT/points)
+#   propose   sapnet propose --backend classical     -> OUT/store.zarr
+#             (--backend sam when SAPNET_SAM_CHECKPOINT is set; the model is read from the file name)
+#   select    sapnet select, resnet18 random init    -> OUT/select/
+#   export    sapnet export-pseudo, every selector, with the quality report -> OUT/pseudo/
+#   seg       sapnet train-seg on the sapnet pseudo labels, evaluated on val -> OUT/seg_sapnet/
+#   seg-top1  (FULL=1) the same on the top1 pseudo labels                      -> OUT/seg_top1/
+#   table     the summary table (stages/report_table.py)                       -> OUT/table.md, OUT/table.json
+#
+# Rerunning resumes: a finished stage is skipped (marker OUT/.stages/NAME.done holding its command line).
+# A stage whose command changed (other settings) is redone from scratch, and every later stage with it.
+# An interrupted stage is rerun; propose and train-seg continue where they stopped.
+#
+# Settings (environment variables, defaults sized for ~15 min on 2 CPU cores):
+#   PY=.venv/bin/python  DEVICE=cpu  FULL=0  RESAMPLE_POINTS=0
+#   SELECT_ITERS=150 SELECT_BATCH=2 SELECT_BACKBONE=resnet18 SELECT_SHORT=320 SELECT_MAX=512
+#   SEG_ITERS=40 SEG_BATCH=2 SEG_MIN=256 SEG_MAX=416 SEG_BACKBONE=R50
+#   SAPNET_SAM_CHECKPOINT=FILE (use SAM), SAM_MODEL=vit_h|vit_l|vit_b|vit_t (default: from the file name)
+#   PROPOSE_BACKEND=NAME|package.module:factory (any other proposal backend; overrides the two above)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT="${1:-runs/reproduce}"
+EX=examples/coco-mini
+PY="${PY:-.venv/bin/python}"
+[[ -x "$PY" ]] || PY=python3
+DEVICE="${DEVICE:-cpu}"
+FULL="${FULL:-0}"
+SELECT_ITERS="${SELECT_ITERS:-150}"
+SELECT_BATCH="${SELECT_BATCH:-2}"
+SELECT_BACKBONE="${SELECT_BACKBONE:-resnet18}"
+SELECT_SHORT="${SELECT_SHORT:-320}"
+SELECT_MAX="${SELECT_MAX:-512}"
+SEG_ITERS="${SEG_ITERS:-40}"
+SEG_BATCH="${SEG_BATCH:-2}"
+SEG_MIN="${SEG_MIN:-256}"
+SEG_MAX="${SEG_MAX:-416}"
+SEG_BACKBONE="${SEG_BACKBONE:-R50}"
+export PYTHONUNBUFFERED=1
+
+SAPNET=("$PY" -m sapnet_cli)
+STATE="$OUT/.stages"
+LOGS="$OUT/logs"
+mkdir -p "$STATE" "$LOGS"
+STAGES=(points propose select export seg seg-top1 table)
+T_ALL=$(date +%s)
+
+say() { echo "[reproduce $(date +%H:%M:%S)] $*"; }
+die() {
+    say "ERROR: $1" >&2
+    exit "${2:-1}"
+}
+
+# later_than NAME: the stages after NAME, in pipeline order
+later_than() {
+    local seen=0 s
+    for s in "${STAGES[@]}"; do
+        [[ $seen == 1 ]] && echo "$s"
+        [[ $s == "$1" ]] && seen=1
+    done
+    return 0
+}
+
+# available CMD: false when `sapnet CMD` is still the placeholder of a stage that has not landed
+available() {
+    local help
+    help="$("${SAPNET[@]}" "$1" --help 2>&1)" || return 1
+    ! grep -qi "not implemented yet" <<<"$help"
+}
+
+# run_stage NAME "what it does" OUTPUT_PATH -- COMMAND...
+run_stage() {
+    local name=$1 what=$2 output=$3
+    shift 4
+    local sig="$*" marker="$STATE/$name.done"
+    sig="${sig// --resume/}" # resuming an interrupted run is the same stage
+    if [[ -f $marker && "$(cat "$marker")" == "$sig" ]]; then
+        say "stage $name: already done, skipped ($what; delete $marker to redo)"
+        return 0
+    fi
+    if [[ -f $marker ]]; then
+        say "stage $name: settings changed since the last run, redoing it (and the stages after it)"
+        rm -rf "$output"
+    fi
+    local s
+    for s in $(later_than "$name"); do rm -f "$STATE/$s.done"; done
+    rm -f "$marker"
+    if [[ $1 == "${SAPNET[0]}" && $2 == -m && $3 == sapnet_cli ]] && ! available "$4"; then
+        die "stage $name not available yet: \`sapnet $4\` has not landed in this checkout" 6
+    fi
+    say "stage $name: $what"
+    echo "  \$ $sig"
+    local t0 rc
+    t0=$(date +%s)
+    set +e
+    "$@" 2>&1 | tee "$LOGS/$name.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [[ $rc == 6 ]]; then
+        die "stage $name not available yet (exit 6; see $LOGS/$name.log)" 6
+    elif [[ $rc != 0 ]] && grep -q "No module named 'stages\." "$LOGS/$name.log"; then
+        die "stage $name not available yet: $(grep -o "No module named 'stages[^']*'" "$LOGS/$name.log" |
+            head -1) (a part that has not landed in this checkout)" 6
+    elif [[ $rc != 0 ]]; then
+        die "stage $name failed with exit code $rc; see $LOGS/$name.log. Rerun to resume." "$rc"
+    fi
+    echo "$sig" >"$marker"
+    echo "$(($(date +%s) - t0))" >"$STATE/$name.seconds"
+    say "stage $name: done in $(($(date +%s) - t0)) s"
+}
+
+say "sapnet reproduce -> $OUT (python: $PY, device: $DEVICE, FULL=$FULL)"
+
+# ---------------------------------------------------------------- points
+POINTS="$EX/train/points.json"
+if [[ "${RESAMPLE_POINTS:-0}" == 1 ]]; then
+    POINTS="$OUT/points/train.json"
+    run_stage points "sample one point per object (seed 0)" "$OUT/points" -- \
+        "${SAPNET[@]}" points --annotations "$EX/train/annotations.json" --out "$POINTS" --seed 0
+else
+    say "stage points: using $POINTS (made by \`sapnet points --seed 0\`; RESAMPLE_POINTS=1 to redo)"
+fi
+
+# ---------------------------------------------------------------- propose
+if [[ -n "${PROPOSE_BACKEND:-}" ]]; then
+    PROPOSE_ARGS=(--backend "$PROPOSE_BACKEND")
+elif [[ -n "${SAPNET_SAM_CHECKPOINT:-}" ]]; then
+    ckpt_name="$(basename "$SAPNET_SAM_CHECKPOINT")"
+    case "${SAM_MODEL:-$ckpt_name}" in
+        *vit_t* | *mobile*) PROPOSE_ARGS=(--backend mobile-sam --model vit_t) ;;
+        *vit_b*) PROPOSE_ARGS=(--backend sam --model vit_b) ;;
+        *vit_l*) PROPOSE_ARGS=(--backend sam --model vit_l) ;;
+        *) PROPOSE_ARGS=(--backend sam --model vit_h) ;;
+    esac
+    PROPOSE_ARGS+=(--checkpoint "$SAPNET_SAM_CHECKPOINT")
+else
+    PROPOSE_ARGS=(--backend classical)
+fi
+STORE="$OUT/store.zarr"
+run_stage propose "6 mask proposals per point (${PROPOSE_ARGS[*]:0:2})" "$STORE" -- \
+    "${SAPNET[@]}" propose --annotations "$POINTS" --images "$EX/images" --store "$STORE" \
+    "${PROPOSE_ARGS[@]}" --proposals-per-point 6 --device "$DEVICE"
+
+# ---------------------------------------------------------------- select
+SELECT_DIR="$OUT/select"
+run_stage select "train the MIL proposal selector ($SELECT_BACKBONE, random init, $SELECT_ITERS iterations)" \
+    "$SELECT_DIR" -- \
+    "${SAPNET[@]}" select --store "$STORE" --images "$EX/images" --out "$SELECT_DIR" \
+    --backbone "$SELECT_BACKBONE" --weights none --iters "$SELECT_ITERS" --batch-size "$SELECT_BATCH" \
+    --short-side "$SELECT_SHORT" --max-size "$SELECT_MAX" --device "$DEVICE"
+
+# ---------------------------------------------------------------- export-pseudo + report
+SELECTORS=top1,largest,psm,sapnet,oracle
+PSEUDO="$OUT/pseudo/pseudo.json"
+REPORT_DIR="$OUT/pseudo/report"
+run_stage export "pseudo labels of every selector + quality report against the train GT" "$OUT/pseudo" -- \
+    "${SAPNET[@]}" export-pseudo --store "$STORE" --selections "$SELECT_DIR" --out "$PSEUDO" \
+    --selector "$SELECTORS" --gt "$EX/train/annotations.json" --report "$REPORT_DIR"
+
+# pseudo-label file of one selector (the first listed writes --out, the others OUT.<selector>.json)
+pseudo_file() {
+    "$PY" -c "import sys; from pathlib import Path; from stages.export.config import output_paths; \
+print(output_paths(Path(sys.argv[1]), sys.argv[2].split(','))[sys.argv[3]])" "$PSEUDO" "$SELECTORS" "$1"
+}
+
+# ---------------------------------------------------------------- train-seg
+seg_stage() { # NAME SELECTOR
+    local name=$1 sel=$2 dir="$OUT/seg_$2" train resume=()
+    train="$(pseudo_file "$sel")"
+    # an interrupted run continues from its last checkpoint (train-seg --resume)
+    [[ ! -f "$STATE/$name.done" && -f "$dir/last_checkpoint" ]] && resume=(--resume)
+    run_stage "$name" "SOLOv2 ($SEG_BACKBONE, $SEG_ITERS iterations) on the $sel pseudo labels, eval on val" \
+        "$dir" -- \
+        "${SAPNET[@]}" train-seg --train "$train" --images "$EX/images" --out "$dir" \
+        --val "$EX/val/annotations.json" --val-images "$EX/images" --backbone "$SEG_BACKBONE" \
+        --iters "$SEG_ITERS" --ims-per-batch "$SEG_BATCH" --min-size "$SEG_MIN" --max-size "$SEG_MAX" \
+        --device "$DEVICE" "${resume[@]}"
+}
+seg_stage seg sapnet
+SEG_ARGS=(--seg "sapnet=$OUT/seg_sapnet")
+if [[ "$FULL" == 1 ]]; then
+    seg_stage seg-top1 top1
+    SEG_ARGS+=(--seg "top1=$OUT/seg_top1")
+fi
+
+# ---------------------------------------------------------------- table
+times=""
+for s in "${STAGES[@]}"; do
+    [[ -f "$STATE/$s.seconds" ]] && times+="$s $(cat "$STATE/$s.seconds") s, "
+done
+say "all stages done in $(($(date +%s) - T_ALL)) s this run (stage times when last run: ${times%, })"
+echo
+"$PY" -m stages.report_table --pseudo-report "$REPORT_DIR/report.json" "${SEG_ARGS[@]}" \
+    --out "$OUT/table" \
+    --context "examples/coco-mini: 20 train images (pseudo labels), 8 val images (SOLOv2); proposals: ${PROPOSE_ARGS[*]:0:2}; selector $SELECT_BACKBONE x $SELECT_ITERS it; SOLOv2 $SEG_BACKBONE x $SEG_ITERS it, min size $SEG_MIN."
