@@ -2,9 +2,29 @@
 inference.
 
 Reference: Wang et al., "SOLOv2: Dynamic and Fast Instance Segmentation", NeurIPS 2020, with the
-defaults of the AdelaiDet / mmdetection implementations (see ``config.SOLOv2Config``).
+defaults of the AdelaiDet / mmdetection implementations (see ``config.SOLOv2Config``). The
+pure-torch model and the torchvision backbone live in ``stages.seg.solov2.model`` (not imported
+here, to keep this package free of torchvision imports).
 """
 
 from stages.seg.solov2.config import SOLOv2Config
+from stages.seg.solov2.heads import SOLOv2Head, SOLOv2Outputs
+from stages.seg.solov2.inference import SOLOv2Prediction, solov2_inference
+from stages.seg.solov2.losses import dice_loss, sigmoid_focal_loss, solov2_losses
+from stages.seg.solov2.matrix_nms import matrix_nms
+from stages.seg.solov2.targets import AssignedTargets, InstanceTargets, assign_targets
 
-__all__ = ["SOLOv2Config"]
+__all__ = [
+    "AssignedTargets",
+    "InstanceTargets",
+    "SOLOv2Config",
+    "SOLOv2Head",
+    "SOLOv2Outputs",
+    "SOLOv2Prediction",
+    "assign_targets",
+    "dice_loss",
+    "matrix_nms",
+    "sigmoid_focal_loss",
+    "solov2_inference",
+    "solov2_losses",
+]
