@@ -38,10 +38,11 @@ from stages.seg.solov2.targets import (
 def dice_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
     """V-Net Dice loss per mask: ``pred (P, H, W)`` sigmoid probabilities, ``target (P, H, W)`` {0, 1}.
 
-    Returns ``(P,)``: ``1 - 2 sum(p t) / (sum(p^2) + eps + sum(t^2) + eps)``.
+    Returns ``(P,)``: ``1 - 2 sum(p t) / (sum(p^2) + eps + sum(t^2) + eps)``, computed in float32
+    (sums over a mask overflow float16 under mixed precision).
     """
-    p = pred.flatten(1)
-    t = target.flatten(1).to(p.dtype)
+    p = pred.flatten(1).float()
+    t = target.flatten(1).float()
     inter = (p * t).sum(dim=1)
     return 1.0 - 2.0 * inter / ((p * p).sum(dim=1) + eps + (t * t).sum(dim=1) + eps)
 
@@ -54,7 +55,8 @@ def sigmoid_focal_loss(
     ``alpha_t * (1 - p_t)^gamma * BCE(logit, t)`` with ``p_t = p if t else 1 - p``, ``alpha_t = alpha if t
     else 1 - alpha``; ``targets_onehot`` has the shape of ``logits`` with values in {0, 1}.
     """
-    t = targets_onehot.to(logits.dtype)
+    logits = logits.float()
+    t = targets_onehot.float()
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
     p_t = prob * t + (1.0 - prob) * (1.0 - t)

@@ -251,10 +251,9 @@ def assign_targets(
     flat = image_of[inst] * cells_per_image + level_start[lvl] + cell
     winner = torch.full((num_images * cells_per_image,), -1, dtype=torch.long, device=device)
     winner.scatter_reduce_(0, flat, inst, reduce="amax")
-    background = torch.full_like(winner, cfg.num_classes)
-    cate_flat = torch.where(
-        winner >= 0, labels[winner.clamp(min=0)] if len(labels) else background, background
-    ).view(num_images, cells_per_image)
+    # Index -1 (no instance) picks the appended background label C.
+    labels_bg = torch.cat([labels, labels.new_tensor([cfg.num_classes])])
+    cate_flat = labels_bg[winner].view(num_images, cells_per_image)
 
     levels: list[LevelTargets] = []
     for level, (grid, start) in enumerate(zip(cfg.num_grids, level_start.tolist(), strict=True)):
