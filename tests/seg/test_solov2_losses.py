@@ -175,3 +175,15 @@ def test_no_positives_gives_zero_mask_loss_with_gradients() -> None:
     (got["loss_ins"] + got["loss_cate"]).backward()
     assert outputs.kernel_preds[0].grad is not None
     assert outputs.mask_feats.grad is not None
+
+
+def test_dynamic_mask_logits_with_mixed_dtypes_under_autocast() -> None:
+    # Under CUDA autocast GroupNorm keeps float32 mask features while conv kernels are half
+    # precision; emulated on CPU with bfloat16.
+    feats = torch.randn(2, 4, 3, 3)
+    kernels = torch.randn(3, 4).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dynamic_mask_logits(kernels, feats, torch.tensor([1, 0, 1]))
+    want = torch.einsum("pe,pehw->phw", kernels.float(), feats[torch.tensor([1, 0, 1])])
+    assert got.shape == (3, 3, 3)
+    assert torch.allclose(got.float(), want, atol=0.1, rtol=0.05)

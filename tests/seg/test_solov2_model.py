@@ -97,6 +97,19 @@ def test_torchvision_backbone_gives_p2_to_p6() -> None:
     ]
 
 
+def test_losses_and_inference_under_bfloat16_autocast() -> None:
+    torch.manual_seed(0)
+    images, targets = _blob_images()
+    model = SOLOv2(TinyFPN(32), SMALL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+        (losses["loss_ins"] + losses["loss_cate"]).backward()
+        model.eval()
+        preds = model(images)
+    assert len(preds) == 2 and preds[0].masks.dtype == torch.bool
+
+
 def _blob_images() -> tuple[torch.Tensor, list[InstanceTargets]]:
     """Two 128x128 images with 1 and 3 elliptic blobs of two classes on a noisy background."""
     g = torch.Generator().manual_seed(0)

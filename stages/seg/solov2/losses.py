@@ -82,8 +82,9 @@ def dynamic_mask_logits(kernels: Tensor, mask_feats: Tensor, image: Tensor) -> T
     for b, chunk in enumerate(torch.split(kernels[order], counts)):
         if chunk.shape[0]:
             chunks.append(chunk @ mask_feats[b].reshape(e, h * w))
-    logits = torch.empty(num_pairs, h * w, dtype=mask_feats.dtype, device=mask_feats.device)
-    logits = logits.index_copy(0, order, torch.cat(chunks))
+    position = torch.empty_like(order)
+    position[order] = torch.arange(num_pairs, device=order.device)
+    logits = torch.cat(chunks)[position]  # back to pair order
     return logits.view(num_pairs, h, w)
 
 
