@@ -135,3 +135,24 @@ def test_opts_grouping() -> None:
         merge_opts(["A.B", "C.D", "E.F"], ["1", "2"])
     with pytest.raises(typer.BadParameter, match="no value"):
         merge_opts(["A.B"], [])
+
+
+@pytest.mark.slow
+def test_overfits_the_fixture(tmp_path: Path) -> None:
+    """300 iterations from scratch on the 2 images (pseudo masks = GT masks): the whole chain (labels, mask
+    alignment, flips, inference resize, boxes from masks, COCO ids) must work for AP to rise. Measured: segm AP
+    63.7, bbox AP 74.4 (about 6 min on 2 CPU cores)."""
+    overfit_opts = [
+        "DATALOADER.NUM_WORKERS", "0", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+        "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", "64",
+        "MODEL.SOLOV2.INSTANCE_IN_CHANNELS", "64", "MODEL.SOLOV2.MASK_IN_CHANNELS", "64",
+        "MODEL.SOLOV2.INSTANCE_CHANNELS", "64", "MODEL.SOLOV2.NUM_INSTANCE_CONVS", "2",
+        "MODEL.SOLOV2.MASK_CHANNELS", "32", "MODEL.SOLOV2.NUM_MASKS", "64", "MODEL.SOLOV2.NUM_KERNELS", "64",
+        "SOLVER.WARMUP_ITERS", "20", "INPUT.RANDOM_FLIP", "none", "SEED", "0",
+    ]  # fmt: skip
+    out = tmp_path / "fit"
+    args = ["--train", PSEUDO, "--images", IMAGES, "--out", str(out), "--val", GT, "--iters", "300"]
+    args += ["--ims-per-batch", "2", "--lr", "0.01", "--min-size", "256", "--max-size", "384"]
+    assert run_cli(args + ["--device", "cpu", "--opts", *overfit_opts]) == 0
+    metrics = json.loads((out / "eval" / "coco_eval.json").read_text())["metrics"]
+    assert metrics["segm"]["AP"] > 30.0 and metrics["bbox"]["AP"] > 30.0

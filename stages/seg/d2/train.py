@@ -321,9 +321,9 @@ def train_seg(config: TrainSegConfig) -> dict[str, Any]:
     if not config.eval_only:
         preliminary = build_cfg(config, datasets["num_classes"], datasets["val"] is not None)
         requested = config.weights if config.weights is not None else preliminary.MODEL.WEIGHTS
-        is_main = (
-            env is None or env["rank"] == 0
-        )  # other ranks wait for it at the process-group barrier
+        # Under torchrun only rank 0 writes a converted file; the others reach the checkpoint loading after
+        # the process-group barrier, so the file is there by then.
+        is_main = env is None or env["rank"] == 0
         weights = resolve_weights(
             requested, config.out_dir, preliminary.INPUT.FORMAT, write=is_main
         )

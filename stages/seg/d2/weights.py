@@ -17,6 +17,7 @@ sapnet's default config uses torchvision's conventions (RGB, mean/std, stride in
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 from pathlib import Path
@@ -152,10 +153,12 @@ def resolve_weights(
             return str(target)
         converted = convert_torchvision_resnet(state)
         out_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         torch.save(
             {"model": converted, "__author__": f"torchvision ({path.name}, converted by sapnet)"},
-            target,
+            partial,
         )
+        os.replace(partial, target)  # atomic: concurrent launchers never read a half-written file
         logger.info(
             "converted torchvision ResNet %s (%d tensors) to %s", path, len(converted), target
         )
