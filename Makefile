@@ -36,3 +36,9 @@ reproduce:
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# The README figure: runs (or resumes) `make reproduce` into $(OUT), then draws the selectors' overlays of the
+# most crowded training image and writes docs/figures/selectors-grid.png (commit it only if < 300 KB).
+.PHONY: figure
+figure:
+	FIGURE=1 bash scripts/reproduce.sh $(OUT)

@@ -12,6 +12,7 @@
 #   export    sapnet export-pseudo, every selector, with the quality report -> OUT/pseudo/
 #   seg       sapnet train-seg on the sapnet pseudo labels, evaluated on val -> OUT/seg_sapnet/
 #   seg-top1  (FULL=1) the same on the top1 pseudo labels                      -> OUT/seg_top1/
+#   figure    (FIGURE=1, `make figure`) overlays of top1/psm/sapnet -> OUT/figure/, docs/figures/selectors-grid.png
 #   table     the summary table (stages/report_table.py)                       -> OUT/table.md, OUT/table.json
 #
 # Rerunning resumes: a finished stage is skipped (marker OUT/.stages/NAME.done holding its command line).
@@ -49,7 +50,7 @@ SAPNET=("$PY" -m sapnet_cli)
 STATE="$OUT/.stages"
 LOGS="$OUT/logs"
 mkdir -p "$STATE" "$LOGS"
-STAGES=(points propose select export seg seg-top1 table)
+STAGES=(points propose select export seg seg-top1 figure table)
 T_ALL=$(date +%s)
 
 say() { echo "[reproduce $(date +%H:%M:%S)] $*"; }
@@ -188,6 +189,35 @@ SEG_ARGS=(--seg "sapnet=$OUT/seg_sapnet")
 if [[ "$FULL" == 1 ]]; then
     seg_stage seg-top1 top1
     SEG_ARGS+=(--seg "top1=$OUT/seg_top1")
+fi
+
+# ---------------------------------------------------------------- figure (FIGURE=1, `make figure`)
+if [[ "${FIGURE:-0}" == 1 ]]; then
+    FIG_DIR="$OUT/figure"
+    run_stage figure "overlays of the most crowded training image (top1, psm, sapnet)" "$FIG_DIR" -- \
+        "${SAPNET[@]}" export-pseudo --store "$STORE" --selections "$SELECT_DIR" \
+        --out "$FIG_DIR/pseudo.json" --selector top1,psm,sapnet --gt "$EX/train/annotations.json" \
+        --viz "$FIG_DIR/viz" --viz-count 1 --images "$EX/images"
+    # one grid, scaled to 1200 px wide and palette-quantised so that it stays small enough to commit
+    "$PY" - "$FIG_DIR/viz" docs/figures/selectors-grid.png <<'PYEOF'
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+grids = sorted(Path(sys.argv[1]).glob("*.grid.png"))
+if not grids:
+    sys.exit(f"no *.grid.png in {sys.argv[1]}")
+img = Image.open(grids[0]).convert("RGB")
+if img.width > 1200:
+    img = img.resize((1200, round(img.height * 1200 / img.width)), Image.LANCZOS)
+out = Path(sys.argv[2])
+out.parent.mkdir(parents=True, exist_ok=True)
+img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+kb = out.stat().st_size / 1024
+verdict = "small enough to commit" if kb < 300 else "too large to commit (>= 300 KB)"
+print(f"figure: {grids[0].name} -> {out} ({img.width}x{img.height}, {kb:.0f} KB, {verdict})")
+PYEOF
 fi
 
 # ---------------------------------------------------------------- table
