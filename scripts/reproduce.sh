@@ -22,7 +22,8 @@
 # Settings (environment variables, defaults sized for ~15 min on 2 CPU cores):
 #   PY=.venv/bin/python  DEVICE=cpu  FULL=0  RESAMPLE_POINTS=0
 #   SELECT_ITERS=150 SELECT_BATCH=2 SELECT_BACKBONE=resnet18 SELECT_SHORT=320 SELECT_MAX=512
-#   SEG_ITERS=40 SEG_BATCH=2 SEG_MIN=256 SEG_MAX=416 SEG_BACKBONE=R50
+#   SEG_ITERS=40 SEG_BATCH=2 SEG_MIN=256 SEG_MAX=416 SEG_BACKBONE=R50 SEG_WARMUP=5 (LR warm-up iterations;
+#   the 1x schedule's 500 would cover the whole short run)
 #   SAPNET_SAM_CHECKPOINT=FILE (use SAM), SAM_MODEL=vit_h|vit_l|vit_b|vit_t (default: from the file name)
 #   PROPOSE_BACKEND=NAME|package.module:factory (any other proposal backend; overrides the two above)
 set -euo pipefail
@@ -44,6 +45,7 @@ SEG_BATCH="${SEG_BATCH:-2}"
 SEG_MIN="${SEG_MIN:-256}"
 SEG_MAX="${SEG_MAX:-416}"
 SEG_BACKBONE="${SEG_BACKBONE:-R50}"
+SEG_WARMUP="${SEG_WARMUP:-5}"
 export PYTHONUNBUFFERED=1
 
 SAPNET=("$PY" -m sapnet_cli)
@@ -182,7 +184,8 @@ seg_stage() { # NAME SELECTOR
         "${SAPNET[@]}" train-seg --train "$train" --images "$EX/images" --out "$dir" \
         --val "$EX/val/annotations.json" --val-images "$EX/images" --backbone "$SEG_BACKBONE" \
         --iters "$SEG_ITERS" --ims-per-batch "$SEG_BATCH" --min-size "$SEG_MIN" --max-size "$SEG_MAX" \
-        --device "$DEVICE" "${resume[@]}"
+        --device "$DEVICE" "${resume[@]}" \
+        --opts "SOLVER.WARMUP_ITERS=$SEG_WARMUP" "SOLVER.CHECKPOINT_PERIOD=$(((SEG_ITERS + 1) / 2))"
 }
 seg_stage seg sapnet
 SEG_ARGS=(--seg "sapnet=$OUT/seg_sapnet")
@@ -194,12 +197,13 @@ fi
 # ---------------------------------------------------------------- figure (FIGURE=1, `make figure`)
 if [[ "${FIGURE:-0}" == 1 ]]; then
     FIG_DIR="$OUT/figure"
-    run_stage figure "overlays of the most crowded training image (top1, psm, sapnet)" "$FIG_DIR" -- \
+    run_stage figure "overlays of the 3 most crowded training images (top1, psm, sapnet)" "$FIG_DIR" -- \
         "${SAPNET[@]}" export-pseudo --store "$STORE" --selections "$SELECT_DIR" \
         --out "$FIG_DIR/pseudo.json" --selector top1,psm,sapnet --gt "$EX/train/annotations.json" \
-        --viz "$FIG_DIR/viz" --viz-count 1 --images "$EX/images"
+        --viz "$FIG_DIR/viz" --viz-count 3 --images "$EX/images"
     # one grid, scaled to 1200 px wide and palette-quantised so that it stays small enough to commit
-    "$PY" - "$FIG_DIR/viz" docs/figures/selectors-grid.png <<'PYEOF'
+    # FIGURE_IMAGE: the image shown (default: 13 cars in a street), else the first grid drawn
+    "$PY" - "$FIG_DIR/viz" docs/figures/selectors-grid.png "${FIGURE_IMAGE:-000000000540}" <<'PYEOF'
 import sys
 from pathlib import Path
 
@@ -208,6 +212,7 @@ from PIL import Image
 grids = sorted(Path(sys.argv[1]).glob("*.grid.png"))
 if not grids:
     sys.exit(f"no *.grid.png in {sys.argv[1]}")
+grids.sort(key=lambda p: not p.name.startswith(sys.argv[3] + "."))
 img = Image.open(grids[0]).convert("RGB")
 if img.width > 1200:
     img = img.resize((1200, round(img.height * 1200 / img.width)), Image.LANCZOS)
