@@ -1,0 +1,1 @@
+"""Seeded synthetic datasets (images, point annotations, proposal stores) for tests and benchmarks."""
