@@ -225,6 +225,8 @@ def _normalise_file_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
 def _check_types(overrides: dict[str, Any], source: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(SelectConfig)}
     for name, value in overrides.items():
+        if name not in fields:
+            continue  # apply_overrides names unknown options
         default = fields[name].default
         if value is None or default is None or isinstance(default, str | tuple):
             continue

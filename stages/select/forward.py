@@ -249,9 +249,10 @@ class SelectorForward(nn.Module):
         ppg_images = psm.image_ids.repeat_interleave(m1 - m)
         img_idx = torch.cat([ppg_images, neg_images]) if opts.use_npg else ppg_images
         rois = torch.cat([img_idx[:, None].to(bag.dtype), torch.cat(blocks)], dim=1)
-        embed = self.net.roi_embed(feats, rois)
+        dim = psm.embed.shape[-1]
+        embed = self.net.roi_embed(feats, rois) if rois.shape[0] else psm.embed.new_zeros((0, dim))
         ppg_embed, neg_embed = embed[: n * (m1 - m)], embed[n * (m1 - m) :]
-        bag_embed = torch.cat([psm.embed, ppg_embed.view(n, m1 - m, -1)], dim=1)
+        bag_embed = torch.cat([psm.embed, ppg_embed.reshape(n, m1 - m, dim)], dim=1)
         cls1, ins1 = self.net.prm_head(bag_embed)
         bag1, _, _ = prm_bag_scores(cls1, ins1)
         pos = prm_positive_loss(bag1, psm.labels, psm.beta)

@@ -400,7 +400,7 @@ def _step(
                 if ckpt_path.is_file()
                 else "no checkpoint yet"
             )
-            parts = ", ".join(f"{k}={float(losses[k]):.4g}" for k in LOSS_KEYS)
+            parts = ", ".join(f"{k}={float(losses[k].detach()):.4g}" for k in LOSS_KEYS)
             raise TrainingError(
                 f"training diverged: non-finite loss at iteration {it + 1} ({parts}); {kept}. "
                 "Try a smaller --lr or check the proposals of this batch's images."
