@@ -241,11 +241,16 @@ class SelectorForward(nn.Module):
         neg_weights = None
         if opts.use_npg:
             neg_boxes, neg_w = negatives(psm, sizes, opts, generator)
-            blocks.append(torch.cat(neg_boxes))
             neg_weights = torch.cat(neg_w)
             neg_images = torch.cat(
                 [torch.full((b.shape[0],), i, device=b.device) for i, b in enumerate(neg_boxes)]
             )
+            # Weight-0 background boxes (IoU >= 0.3 with a proposal) add nothing to the loss or its
+            # gradient (it is normalised by the number of bags, or by the weight > 0 count), so they
+            # are not embedded at all.
+            keep = neg_weights > 0
+            blocks.append(torch.cat(neg_boxes)[keep])
+            neg_weights, neg_images = neg_weights[keep], neg_images[keep]
         ppg_images = psm.image_ids.repeat_interleave(m1 - m)
         img_idx = torch.cat([ppg_images, neg_images]) if opts.use_npg else ppg_images
         rois = torch.cat([img_idx[:, None].to(bag.dtype), torch.cat(blocks)], dim=1)
