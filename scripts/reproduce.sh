@@ -21,7 +21,7 @@
 #
 # Settings (environment variables, defaults sized for ~15 min on 2 CPU cores):
 #   PY=.venv/bin/python  DEVICE=cpu  FULL=0  RESAMPLE_POINTS=0
-#   SELECT_ITERS=150 SELECT_BATCH=2 SELECT_BACKBONE=resnet18 SELECT_SHORT=320 SELECT_MAX=512
+#   SELECT_ITERS=150 SELECT_BATCH=2 SELECT_BACKBONE=resnet18 SELECT_SHORT=320 SELECT_MAX=512 SELECT_WARMUP=10
 #   SEG_ITERS=40 SEG_BATCH=2 SEG_MIN=256 SEG_MAX=416 SEG_BACKBONE=R50 SEG_WARMUP=5 (LR warm-up iterations;
 #   the 1x schedule's 500 would cover the whole short run)
 #   SAPNET_SAM_CHECKPOINT=FILE (use SAM), SAM_MODEL=vit_h|vit_l|vit_b|vit_t (default: from the file name)
@@ -40,6 +40,7 @@ SELECT_BATCH="${SELECT_BATCH:-2}"
 SELECT_BACKBONE="${SELECT_BACKBONE:-resnet18}"
 SELECT_SHORT="${SELECT_SHORT:-320}"
 SELECT_MAX="${SELECT_MAX:-512}"
+SELECT_WARMUP="${SELECT_WARMUP:-10}"
 SEG_ITERS="${SEG_ITERS:-40}"
 SEG_BATCH="${SEG_BATCH:-2}"
 SEG_MIN="${SEG_MIN:-256}"
@@ -78,11 +79,20 @@ available() {
     ! grep -qi "not implemented yet" <<<"$help"
 }
 
+# cpu_seconds VAR: set VAR to the user + system CPU seconds of this shell's finished children so far
+# (`times` must run in this shell, not in a $(...) subshell, to see them)
+cpu_seconds() {
+    times >"$STATE/.times"
+    printf -v "$1" '%s' "$(tail -1 "$STATE/.times" | awk '{ s = 0
+        for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] }
+        printf "%d", s }')"
+}
+
 # run_stage NAME "what it does" OUTPUT_PATH -- COMMAND...
 run_stage() {
     local name=$1 what=$2 output=$3
     shift 4
-    local sig="$*" marker="$STATE/$name.done"
+    local sig="$*${SIG_EXTRA:+ # $SIG_EXTRA}" marker="$STATE/$name.done"
     sig="${sig// --resume/}" # resuming an interrupted run is the same stage
     if [[ -f $marker && "$(cat "$marker")" == "$sig" ]]; then
         say "stage $name: already done, skipped ($what; delete $marker to redo)"
@@ -100,8 +110,9 @@ run_stage() {
     fi
     say "stage $name: $what"
     echo "  \$ $sig"
-    local t0 rc
+    local t0 c0 c1 rc
     t0=$(date +%s)
+    cpu_seconds c0
     set +e
     "$@" 2>&1 | tee "$LOGS/$name.log"
     rc=${PIPESTATUS[0]}
@@ -115,8 +126,9 @@ run_stage() {
         die "stage $name failed with exit code $rc; see $LOGS/$name.log. Rerun to resume." "$rc"
     fi
     echo "$sig" >"$marker"
+    cpu_seconds c1
     echo "$(($(date +%s) - t0))" >"$STATE/$name.seconds"
-    say "stage $name: done in $(($(date +%s) - t0)) s"
+    say "stage $name: done in $(($(date +%s) - t0)) s (CPU time $((c1 - c0)) s)"
 }
 
 say "sapnet reproduce -> $OUT (python: $PY, device: $DEVICE, FULL=$FULL)"
@@ -153,11 +165,21 @@ run_stage propose "6 mask proposals per point (${PROPOSE_ARGS[*]:0:2})" "$STORE"
 
 # ---------------------------------------------------------------- select
 SELECT_DIR="$OUT/select"
+# settings without a command-line option: a short LR warm-up (the reference 500 iterations would cover the
+# whole short run) and a mid-run checkpoint so that an interrupted run resumes
+SELECT_CFG="$OUT/select-config.yaml"
+printf 'warmup_iters: %d\ncheckpoint_interval: %d\n' "$SELECT_WARMUP" "$(((SELECT_ITERS + 1) / 2))" \
+    >"$SELECT_CFG"
+select_resume=()
+[[ ! -f "$STATE/select.done" && -f "$SELECT_DIR/checkpoints/last.pt" ]] && select_resume=(--resume)
+SIG_EXTRA="$(tr '\n' ' ' <"$SELECT_CFG")"
 run_stage select "train the MIL proposal selector ($SELECT_BACKBONE, random init, $SELECT_ITERS iterations)" \
     "$SELECT_DIR" -- \
     "${SAPNET[@]}" select --store "$STORE" --images "$EX/images" --out "$SELECT_DIR" \
-    --backbone "$SELECT_BACKBONE" --weights none --iters "$SELECT_ITERS" --batch-size "$SELECT_BATCH" \
-    --short-side "$SELECT_SHORT" --max-size "$SELECT_MAX" --device "$DEVICE"
+    --config "$SELECT_CFG" --backbone "$SELECT_BACKBONE" --weights none --iters "$SELECT_ITERS" \
+    --batch-size "$SELECT_BATCH" --short-side "$SELECT_SHORT" --max-size "$SELECT_MAX" \
+    --device "$DEVICE" "${select_resume[@]}"
+SIG_EXTRA=""
 
 # ---------------------------------------------------------------- export-pseudo + report
 SELECTORS=top1,largest,psm,sapnet,oracle

@@ -174,7 +174,8 @@ def render_table(rows: list[TableRow], context: str = "") -> str:
         "",
         "Percent. Pseudo-label columns: the training images' pseudo labels against their ground truth "
         "(`sapnet export-pseudo --report`). SOLOv2 columns: mask AP on the validation images after "
-        "`sapnet train-seg` on that selector's pseudo labels ('-': not trained; FULL=1 adds top1).",
+        "`sapnet train-seg` on that selector's pseudo labels ('-': not trained; FULL=1 adds top1; "
+        "n/a: no value, e.g. the model made no detection on the validation images).",
         f"For orientation only, the paper's Table 3 on full COCO (ViT-H SAM, SOLOv2 R-50 1x): {paper} AP; "
         "a tiny CPU example with a short schedule is not comparable in absolute terms.",
     ]
