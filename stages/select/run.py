@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from stages.common.config import save_resolved_config
+from stages.common.config import config_to_dict, save_resolved_config
 from stages.common.errors import InputError, TrainingError
 from stages.common.selections import Selections, save_selections, store_identity
 from stages.select.config import SelectConfig
@@ -201,7 +201,8 @@ def run_select(cfg: SelectConfig) -> SelectResult:
                 **{k: getattr(preds, k) for k in preds.__dataclass_fields__},
                 meta={
                     "store": store_identity(store),
-                    "config": {**cfg.flags(), "backbone": cfg.backbone, "seed": cfg.seed},
+                    "config": config_to_dict(cfg),
+                    "flags": cfg.flags(),
                     "selector": str(
                         cfg.checkpoint if cfg.predict_only else run_dir / "selector.pt"
                     ),
