@@ -18,6 +18,8 @@ torchvision R-50/R-101 state dict or a detectron2 ``.pkl`` converted from torchv
 
 from __future__ import annotations
 
+import os
+
 from stages.seg.d2 import compat
 
 compat.apply()
@@ -163,6 +165,8 @@ def get_sapnet_cfg() -> CN:
     m.FPN.OUT_CHANNELS = 256
     m.FPN.NORM = "GN"
     cfg.INPUT.FORMAT = "RGB"
+    # detectron2 defaults to 4 loader workers; more workers than cores only slows a small machine down.
+    cfg.DATALOADER.NUM_WORKERS = min(4, os.cpu_count() or 1)
     cfg.INPUT.MASK_FORMAT = "bitmask"
     cfg.INPUT.MIN_SIZE_TRAIN = (800,)
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
