@@ -10,6 +10,7 @@ import pytest
 
 from stages.common.errors import InputError
 from stages.propose.backends import _pointcrf as crf
+from stages.propose.backends import classical
 from stages.propose.backends.base import ProposalBackend, get_backend
 from stages.propose.backends.classical import (
     ClassicalBackend,
@@ -185,6 +186,8 @@ def test_leaf_boxes_and_distances_hand_computed() -> None:
         second=np.zeros((3, 3)),
         hist=np.zeros((3, 1), np.float32),
         affinity=None,
+        boundary_length=None,
+        boundary_edge=None,
     )
     d = crf.disc_distance(g, np.array([[0.0, 0.0]]), np.array([1.0, 2.0]))
     np.testing.assert_allclose(d, [[[0, 3, 4], [0, 1.5, 2]]])
@@ -216,3 +219,50 @@ def test_greedy_nms_fallback_prefers_the_least_overlapping() -> None:
     iou = np.array([[[1.0, 0.95, 0.8], [0.95, 1.0, 0.9], [0.8, 0.9, 1.0]]])
     chosen = greedy_nms(prior, iou, np.array([0, 0, 0]), [0, 0, 0], 0.5)
     np.testing.assert_array_equal(chosen, [[0, 2, 1]])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"radii": (4.0, 8.0)},
+        {"ring": (3.0, 1.5)},
+        {"nms_iou": 0.0},
+        {"prior_weights": {"log_area": 1.0}},
+    ],
+)
+def test_bad_params_raise(kw: dict) -> None:
+    with pytest.raises(ValueError):
+        ClassicalParams(**kw)
+
+
+def test_prior_score_features_hand_computed() -> None:
+    # Leaves 0 | 1 | 2 in a row, 2x2 pixels each (image 2x6); boundaries 0-1 and 1-2 are 2 pixel pairs long,
+    # with summed edge strength 10 and 4.
+    labels = np.repeat(np.repeat(np.arange(3)[None], 2, 0), 2, 1)
+    length = crf.sparse.csr_matrix(np.array([[0, 2, 0], [2, 0, 2], [0, 2, 0]], dtype=float))
+    edge = crf.sparse.csr_matrix(np.array([[0, 10, 0], [10, 0, 4], [0, 4, 0]], dtype=float))
+    g = crf.LeafGraph(
+        leaf_map=labels,
+        count=np.array([4.0, 4.0, 4.0]),
+        centroid=np.array([[0.5, 0.5], [2.5, 0.5], [4.5, 0.5]]),
+        second=np.zeros((3, 3)),
+        hist=np.zeros((3, 1), np.float32),
+        affinity=None,
+        boundary_length=length,
+        boundary_edge=edge,
+    )
+    sel = np.array([[[True, True, False]]])  # one point, one candidate: leaves 0 and 1
+    point = np.array([[1.5, 0.5]])
+    args = (g, leaf_boxes(labels, 3), sel, point, np.array([2.0]), np.array([1]))
+
+    def feature(name: str) -> float:
+        weights = {k: float(k == name) for k in classical.PRIOR_WEIGHTS}
+        return float(classical.prior_scores(*args, weights)[0, 0])
+
+    assert feature("boundary_edge") == pytest.approx(4 / 2)  # only the 1-2 boundary is cut
+    assert feature("boundary_length_ratio") == pytest.approx(2 / np.sqrt(8))
+    assert feature("second_pass") == 1.0
+    # box [0, 0, 4, 2], point + 0.5 = (2, 1) is its centre; centroid (1.5, 0.5) is the point
+    assert feature("box_offset") == 0.0 and feature("centroid_offset") == 0.0
+    assert feature("log_area") == pytest.approx(np.log(8))
+    assert feature("log_area_vs_prior") == pytest.approx(np.log(8 / (np.pi * 4)))

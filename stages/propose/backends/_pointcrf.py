@@ -40,6 +40,8 @@ class LeafGraph:
         second: ``(n, 3)`` float64 raw second moments ``[sum x^2, sum xy, sum y^2]`` of each leaf.
         hist: ``(n, Q)`` float32 colour histograms (pixel counts per quantised Lab colour).
         affinity: ``(n, n)`` CSR, row-normalised boundary affinity (rows sum to 1).
+        boundary_length: ``(n, n)`` CSR, symmetric: 4-neighbour pixel pairs on each shared boundary.
+        boundary_edge: ``(n, n)`` CSR, symmetric: summed colour-gradient magnitude along each shared boundary.
     """
 
     leaf_map: np.ndarray
@@ -48,6 +50,8 @@ class LeafGraph:
     second: np.ndarray
     hist: np.ndarray
     affinity: sparse.csr_matrix
+    boundary_length: sparse.csr_matrix
+    boundary_edge: sparse.csr_matrix
 
     @property
     def num_leaves(self) -> int:
@@ -146,11 +150,23 @@ def build_leaf_graph(
     hist = np.bincount(flat * nbins + quantise_lab(lab).ravel(), minlength=n * nbins)
     hist = hist.reshape(n, nbins).astype(np.float32)
     i, j, length, edge_sum = region_adjacency(leaf_map, edge_map(lab, edge_sigma))
-    aff = length * np.exp(-(edge_sum / length) / edge_scale)
-    a = sparse.coo_matrix((np.r_[aff, aff], (np.r_[i, j], np.r_[j, i])), shape=(n, n)).tocsr()
+
+    def symmetric(v: np.ndarray) -> sparse.csr_matrix:
+        return sparse.coo_matrix((np.r_[v, v], (np.r_[i, j], np.r_[j, i])), shape=(n, n)).tocsr()
+
+    a = symmetric(length * np.exp(-(edge_sum / length) / edge_scale))
     deg = np.asarray(a.sum(axis=1)).ravel()
     a = (sparse.diags(1.0 / np.maximum(deg, 1e-12)) @ a).tocsr()
-    return LeafGraph(leaf_map.astype(np.int32), count, centroid, second, hist, a)
+    return LeafGraph(
+        leaf_map.astype(np.int32),
+        count,
+        centroid,
+        second,
+        hist,
+        a,
+        symmetric(length),
+        symmetric(edge_sum),
+    )
 
 
 def disc_distance(graph: LeafGraph, points: np.ndarray, radii: np.ndarray) -> np.ndarray:
