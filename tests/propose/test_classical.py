@@ -3,6 +3,7 @@ determinism, fingerprint, errors), recovery of flat rectangles, and hand-compute
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -266,3 +267,20 @@ def test_prior_score_features_hand_computed() -> None:
     assert feature("box_offset") == 0.0 and feature("centroid_offset") == 0.0
     assert feature("log_area") == pytest.approx(np.log(8))
     assert feature("log_area_vs_prior") == pytest.approx(np.log(8 / (np.pi * 4)))
+
+
+def test_compact_histograms_give_the_full_histogram_posteriors(image: np.ndarray) -> None:
+    # build_leaf_graph keeps only the colour bins present in the image; padding the absent bins back must not
+    # change the posteriors (the +0.5 smoothing of the absent bins is accounted for by empty_bins).
+    g = crf.build_leaf_graph(image)
+    assert (
+        0 < g.hist.shape[1] < crf.LAB_BINS**3 and g.hist.shape[1] + g.empty_bins == crf.LAB_BINS**3
+    )
+    pad = np.zeros((g.num_leaves, g.empty_bins), np.float32)
+    full = dataclasses.replace(g, hist=np.concatenate([g.hist, pad], 1), empty_bins=0)
+    dist = crf.disc_distance(g, POINTS[:2].astype(np.float64), np.array([8.0, 30.0])).reshape(4, -1)
+    seeds = np.repeat(g.leaf_at(POINTS[:2]), 2)
+    sel_a, q_a = crf.figure_ground(g, dist, seeds)
+    sel_b, q_b = crf.figure_ground(full, dist, seeds)
+    np.testing.assert_allclose(q_a, q_b, atol=1e-5)
+    np.testing.assert_array_equal(sel_a, sel_b)

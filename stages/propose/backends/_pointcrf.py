@@ -38,7 +38,10 @@ class LeafGraph:
         count: ``(n,)`` float64 pixel counts.
         centroid: ``(n, 2)`` float64 ``[x, y]`` leaf centroids (pixel-index coordinates).
         second: ``(n, 3)`` float64 raw second moments ``[sum x^2, sum xy, sum y^2]`` of each leaf.
-        hist: ``(n, Q)`` float32 colour histograms (pixel counts per quantised Lab colour).
+        hist: ``(n, Q)`` float32 colour histograms (pixel counts per quantised Lab colour), over the Q colour
+            bins present in the image only (a speed-up: the other bins are empty for every leaf).
+        empty_bins: how many of the ``LAB_BINS**3`` bins are absent from the image (they still receive the
+            models' +0.5 smoothing, so the probabilities are those of the full histogram).
         affinity: ``(n, n)`` CSR, row-normalised boundary affinity (rows sum to 1).
         boundary_length: ``(n, n)`` CSR, symmetric: 4-neighbour pixel pairs on each shared boundary.
         boundary_edge: ``(n, n)`` CSR, symmetric: summed colour-gradient magnitude along each shared boundary.
@@ -52,6 +55,7 @@ class LeafGraph:
     affinity: sparse.csr_matrix
     boundary_length: sparse.csr_matrix
     boundary_edge: sparse.csr_matrix
+    empty_bins: int = 0
 
     @property
     def num_leaves(self) -> int:
@@ -149,6 +153,8 @@ def build_leaf_graph(
     nbins = LAB_BINS**3
     hist = np.bincount(flat * nbins + quantise_lab(lab).ravel(), minlength=n * nbins)
     hist = hist.reshape(n, nbins).astype(np.float32)
+    present = hist.any(axis=0)
+    hist = hist[:, present]
     i, j, length, edge_sum = region_adjacency(leaf_map, edge_map(lab, edge_sigma))
 
     def symmetric(v: np.ndarray) -> sparse.csr_matrix:
@@ -166,6 +172,7 @@ def build_leaf_graph(
         a,
         symmetric(length),
         symmetric(edge_sum),
+        int(nbins - present.sum()),
     )
 
 
@@ -229,22 +236,27 @@ def figure_ground(
         seeds: ``(P,)`` leaf id that must be foreground (the leaf under the point).
 
     Returns:
-        ``(sel, q)``: ``(P, n)`` bool foreground leaves (always containing the seed) and float64 posteriors.
+        ``(sel, q)``: ``(P, n)`` bool foreground leaves (always containing the seed) and float32 posteriors.
     """
     p = dist.shape[0]
-    cnt = graph.count[None, :]
-    w_fg = np.exp(-0.5 * (dist / fg_sigma) ** 2) * cnt
+    dist = dist.astype(np.float32)
+    cnt = graph.count.astype(np.float32)[None, :]
+    w_fg = np.exp(-0.5 * (dist / np.float32(fg_sigma)) ** 2) * cnt
     w_bg = ((dist > ring[0]) & (dist < ring[1])) * cnt
     hist = graph.hist
-    p_fg = w_fg.astype(np.float32) @ hist + 0.5
-    p_bg = w_bg.astype(np.float32) @ hist + 0.5
-    llr = np.log(p_fg / p_fg.sum(1, keepdims=True)) - np.log(p_bg / p_bg.sum(1, keepdims=True))
-    unary = (llr @ (hist / graph.count[:, None].astype(np.float32)).T).astype(np.float64)
-    unary += lam * (1.0 - dist)
-    at = graph.affinity
+    p_fg = w_fg @ hist + 0.5
+    p_bg = w_bg @ hist + 0.5
+    smoothing = 0.5 * graph.empty_bins
+    llr = np.log(p_fg / (p_fg.sum(1, keepdims=True) + smoothing)) - np.log(
+        p_bg / (p_bg.sum(1, keepdims=True) + smoothing)
+    )
+    # Leaves x prompts layout (n, P), so the sparse affinity multiplies contiguous columns.
+    unary = (hist / cnt.T) @ llr.T + np.float32(lam) * (1.0 - dist.T)
+    at = graph.affinity.astype(np.float32)
     q = _sigmoid(unary)
     for _ in range(iters):
-        q = _sigmoid(unary + beta * (at @ (2.0 * q - 1.0).T).T)
+        q = _sigmoid(unary + np.float32(beta) * (at @ (2.0 * q - 1.0)))
+    q = np.ascontiguousarray(q.T)
     sel = q > 0.5
     sel[np.arange(p), seeds] = True
     return sel, q

@@ -42,7 +42,7 @@ from stages.common.errors import InputError
 from stages.propose.backends import _pointcrf as crf
 from stages.propose.backends.base import ProposalBatch
 
-ALGORITHM_VERSION = "2"
+ALGORITHM_VERSION = "3"
 
 # Pass-1 disc radii in pixels: 4 * sqrt(2)**k, k = 0..12.
 RADII = tuple(round(4.0 * math.sqrt(2.0) ** k, 2) for k in range(13))
@@ -273,9 +273,10 @@ def prior_scores(
     ``radius (C,)`` is each candidate's prompt radius, ``cand_group (C,)`` its pass (0 or 1); see
     :data:`PRIOR_WEIGHTS` for the features.
     """
-    s = sel.astype(np.float64)
-    area = s @ graph.count
-    cen = (s @ (graph.centroid * graph.count[:, None])) / area[..., None]  # (B, C, 2)
+    b, c, n = sel.shape
+    flat_t = np.ascontiguousarray(sel.reshape(b * c, n).T).astype(np.float32)  # (n, B*C)
+    area = (graph.count @ flat_t).reshape(b, c)
+    cen = ((graph.centroid * graph.count[:, None]).T @ flat_t).T.reshape(b, c, 2) / area[..., None]
     x1 = np.where(sel, leaf_box[:, 0], np.inf).min(-1)
     y1 = np.where(sel, leaf_box[:, 1], np.inf).min(-1)
     x2 = np.where(sel, leaf_box[:, 2], -np.inf).max(-1)
@@ -288,10 +289,9 @@ def prior_scores(
     centroid_offset = np.linalg.norm(cen - points[:, None, :], axis=-1) / np.sqrt(area)
     la = np.log(area / (np.pi * radius**2))
     lg = np.log(area)
-    flat = s.reshape(-1, s.shape[-1])  # (B*C, n)
-    outside = 1.0 - flat
-    cut_length = ((graph.boundary_length @ flat.T).T * outside).sum(1).reshape(area.shape)
-    cut_edge = ((graph.boundary_edge @ flat.T).T * outside).sum(1).reshape(area.shape)
+    outside = 1.0 - flat_t
+    cut_length = ((graph.boundary_length @ flat_t) * outside).sum(0).reshape(b, c)
+    cut_edge = ((graph.boundary_edge @ flat_t) * outside).sum(0).reshape(b, c)
     w = weights
     return (
         w["boundary_edge"] * cut_edge / np.maximum(cut_length, 1.0)
