@@ -21,7 +21,8 @@
 #
 # Settings (environment variables, defaults sized for ~15 min on 2 CPU cores):
 #   PY=.venv/bin/python  DEVICE=cpu  FULL=0  RESAMPLE_POINTS=0
-#   SELECT_ITERS=150 SELECT_BATCH=2 SELECT_BACKBONE=resnet18 SELECT_SHORT=320 SELECT_MAX=512 SELECT_WARMUP=10
+#   SELECT_ITERS=60 SELECT_BATCH=2 SELECT_BACKBONE=resnet18 SELECT_SHORT=256 SELECT_MAX=416 SELECT_WARMUP=10
+#   SELECT_WEIGHTS=none (imagenet: torchvision weights, downloaded once or from the torch cache)
 #   SEG_ITERS=40 SEG_BATCH=2 SEG_MIN=256 SEG_MAX=416 SEG_BACKBONE=R50 SEG_WARMUP=5 (LR warm-up iterations;
 #   the 1x schedule's 500 would cover the whole short run)
 #   SAPNET_SAM_CHECKPOINT=FILE (use SAM), SAM_MODEL=vit_h|vit_l|vit_b|vit_t (default: from the file name)
@@ -35,12 +36,13 @@ PY="${PY:-.venv/bin/python}"
 [[ -x "$PY" ]] || PY=python3
 DEVICE="${DEVICE:-cpu}"
 FULL="${FULL:-0}"
-SELECT_ITERS="${SELECT_ITERS:-150}"
+SELECT_ITERS="${SELECT_ITERS:-60}"
 SELECT_BATCH="${SELECT_BATCH:-2}"
 SELECT_BACKBONE="${SELECT_BACKBONE:-resnet18}"
-SELECT_SHORT="${SELECT_SHORT:-320}"
-SELECT_MAX="${SELECT_MAX:-512}"
+SELECT_SHORT="${SELECT_SHORT:-256}"
+SELECT_MAX="${SELECT_MAX:-416}"
 SELECT_WARMUP="${SELECT_WARMUP:-10}"
+SELECT_WEIGHTS="${SELECT_WEIGHTS:-none}"
 SEG_ITERS="${SEG_ITERS:-40}"
 SEG_BATCH="${SEG_BATCH:-2}"
 SEG_MIN="${SEG_MIN:-256}"
@@ -89,17 +91,22 @@ cpu_seconds() {
 }
 
 # run_stage NAME "what it does" OUTPUT_PATH -- COMMAND...
+#   SIG_EXTRA: settings that are not on the command line (part of the stage's signature)
+#   RESUME_FILE: a file an interrupted run of the command leaves behind; when it exists and the interrupted
+#                run had the same signature, `--resume` is added after the subcommand name
 run_stage() {
     local name=$1 what=$2 output=$3
     shift 4
-    local sig="$*${SIG_EXTRA:+ # $SIG_EXTRA}" marker="$STATE/$name.done"
-    sig="${sig// --resume/}" # resuming an interrupted run is the same stage
+    local sig="$*${SIG_EXTRA:+ # $SIG_EXTRA}" marker="$STATE/$name.done" started="$STATE/$name.started"
     if [[ -f $marker && "$(cat "$marker")" == "$sig" ]]; then
         say "stage $name: already done, skipped ($what; delete $marker to redo)"
         return 0
     fi
     if [[ -f $marker ]]; then
         say "stage $name: settings changed since the last run, redoing it (and the stages after it)"
+        rm -rf "$output"
+    elif [[ -f $started && "$(cat "$started")" != "$sig" ]]; then
+        say "stage $name: settings changed since the interrupted run, starting it over"
         rm -rf "$output"
     fi
     local s
@@ -108,8 +115,13 @@ run_stage() {
     if [[ $1 == "${SAPNET[0]}" && $2 == -m && $3 == sapnet_cli ]] && ! available "$4"; then
         die "stage $name not available yet: \`sapnet $4\` has not landed in this checkout" 6
     fi
+    if [[ -n "${RESUME_FILE:-}" && -f "$RESUME_FILE" ]]; then
+        say "stage $name: resuming the interrupted run ($RESUME_FILE)"
+        set -- "${@:1:4}" --resume "${@:5}"
+    fi
     say "stage $name: $what"
-    echo "  \$ $sig"
+    echo "  \$ $*"
+    echo "$sig" >"$started"
     local t0 c0 c1 rc
     t0=$(date +%s)
     cpu_seconds c0
@@ -126,6 +138,7 @@ run_stage() {
         die "stage $name failed with exit code $rc; see $LOGS/$name.log. Rerun to resume." "$rc"
     fi
     echo "$sig" >"$marker"
+    rm -f "$started"
     cpu_seconds c1
     echo "$(($(date +%s) - t0))" >"$STATE/$name.seconds"
     say "stage $name: done in $(($(date +%s) - t0)) s (CPU time $((c1 - c0)) s)"
@@ -170,16 +183,15 @@ SELECT_DIR="$OUT/select"
 SELECT_CFG="$OUT/select-config.yaml"
 printf 'warmup_iters: %d\ncheckpoint_interval: %d\n' "$SELECT_WARMUP" "$(((SELECT_ITERS + 1) / 2))" \
     >"$SELECT_CFG"
-select_resume=()
-[[ ! -f "$STATE/select.done" && -f "$SELECT_DIR/checkpoints/last.pt" ]] && select_resume=(--resume)
 SIG_EXTRA="$(tr '\n' ' ' <"$SELECT_CFG")"
-run_stage select "train the MIL proposal selector ($SELECT_BACKBONE, random init, $SELECT_ITERS iterations)" \
+RESUME_FILE="$SELECT_DIR/checkpoints/last.pt"
+run_stage select "train the MIL proposal selector ($SELECT_BACKBONE, weights $SELECT_WEIGHTS, $SELECT_ITERS iterations)" \
     "$SELECT_DIR" -- \
     "${SAPNET[@]}" select --store "$STORE" --images "$EX/images" --out "$SELECT_DIR" \
-    --config "$SELECT_CFG" --backbone "$SELECT_BACKBONE" --weights none --iters "$SELECT_ITERS" \
+    --config "$SELECT_CFG" --backbone "$SELECT_BACKBONE" --weights "$SELECT_WEIGHTS" --iters "$SELECT_ITERS" \
     --batch-size "$SELECT_BATCH" --short-side "$SELECT_SHORT" --max-size "$SELECT_MAX" \
-    --device "$DEVICE" "${select_resume[@]}"
-SIG_EXTRA=""
+    --device "$DEVICE"
+SIG_EXTRA="" RESUME_FILE=""
 
 # ---------------------------------------------------------------- export-pseudo + report
 SELECTORS=top1,largest,psm,sapnet,oracle
@@ -197,16 +209,15 @@ print(output_paths(Path(sys.argv[1]), sys.argv[2].split(','))[sys.argv[3]])" "$P
 
 # ---------------------------------------------------------------- train-seg
 seg_stage() { # NAME SELECTOR
-    local name=$1 sel=$2 dir="$OUT/seg_$2" train resume=()
+    local name=$1 sel=$2 dir="$OUT/seg_$2" train
     train="$(pseudo_file "$sel")"
     # an interrupted run continues from its last checkpoint (train-seg --resume)
-    [[ ! -f "$STATE/$name.done" && -f "$dir/last_checkpoint" ]] && resume=(--resume)
-    run_stage "$name" "SOLOv2 ($SEG_BACKBONE, $SEG_ITERS iterations) on the $sel pseudo labels, eval on val" \
+    RESUME_FILE="$dir/last_checkpoint" run_stage "$name" "SOLOv2 ($SEG_BACKBONE, $SEG_ITERS iterations) on the $sel pseudo labels, eval on val" \
         "$dir" -- \
         "${SAPNET[@]}" train-seg --train "$train" --images "$EX/images" --out "$dir" \
         --val "$EX/val/annotations.json" --val-images "$EX/images" --backbone "$SEG_BACKBONE" \
         --iters "$SEG_ITERS" --ims-per-batch "$SEG_BATCH" --min-size "$SEG_MIN" --max-size "$SEG_MAX" \
-        --device "$DEVICE" "${resume[@]}" \
+        --device "$DEVICE" \
         --opts "SOLVER.WARMUP_ITERS=$SEG_WARMUP" "SOLVER.CHECKPOINT_PERIOD=$(((SEG_ITERS + 1) / 2))"
 }
 seg_stage seg sapnet
@@ -219,13 +230,13 @@ fi
 # ---------------------------------------------------------------- figure (FIGURE=1, `make figure`)
 if [[ "${FIGURE:-0}" == 1 ]]; then
     FIG_DIR="$OUT/figure"
-    run_stage figure "overlays of the 3 most crowded training images (top1, psm, sapnet)" "$FIG_DIR" -- \
+    run_stage figure "overlays of the training images (top1, psm, sapnet)" "$FIG_DIR" -- \
         "${SAPNET[@]}" export-pseudo --store "$STORE" --selections "$SELECT_DIR" \
         --out "$FIG_DIR/pseudo.json" --selector top1,psm,sapnet --gt "$EX/train/annotations.json" \
-        --viz "$FIG_DIR/viz" --viz-count 3 --images "$EX/images"
+        --viz "$FIG_DIR/viz" --viz-count 20 --images "$EX/images"
     # one grid, scaled to 1200 px wide and palette-quantised so that it stays small enough to commit
-    # FIGURE_IMAGE: the image shown (default: 13 cars in a street), else the first grid drawn
-    "$PY" - "$FIG_DIR/viz" docs/figures/selectors-grid.png "${FIGURE_IMAGE:-000000000540}" <<'PYEOF'
+    # FIGURE_IMAGE: the image shown (default: a baseball scene, 13 people), else the first grid drawn
+    "$PY" - "$FIG_DIR/viz" docs/figures/selectors-grid.png "${FIGURE_IMAGE:-000000000544}" <<'PYEOF'
 import sys
 from pathlib import Path
 
@@ -256,4 +267,4 @@ say "all stages done in $(($(date +%s) - T_ALL)) s this run (stage times when la
 echo
 "$PY" -m stages.report_table --pseudo-report "$REPORT_DIR/report.json" "${SEG_ARGS[@]}" \
     --out "$OUT/table" \
-    --context "examples/coco-mini: 20 train images (pseudo labels), 8 val images (SOLOv2); proposals: ${PROPOSE_ARGS[*]:0:2}; selector $SELECT_BACKBONE x $SELECT_ITERS it; SOLOv2 $SEG_BACKBONE x $SEG_ITERS it, min size $SEG_MIN."
+    --context "examples/coco-mini: 20 train images (pseudo labels), 8 val images (SOLOv2); proposals: ${PROPOSE_ARGS[*]:0:2}; selector $SELECT_BACKBONE, weights $SELECT_WEIGHTS, $SELECT_ITERS it; SOLOv2 $SEG_BACKBONE x $SEG_ITERS it, min size $SEG_MIN."

@@ -27,7 +27,7 @@ from typing import Any
 
 SELECTOR_ORDER = ("top1", "largest", "psm", "sapnet", "oracle")
 PAPER_NAMES = {
-    "top1": "SAM-top1 (backend's best score)",
+    "top1": "backend's best score (SAM-top1)",
     "largest": "largest mask",
     "psm": "PSM only (MIL stage 0)",
     "sapnet": "SAPNet (PRM + BMS)",
