@@ -13,7 +13,15 @@ import sys
 
 import typer
 
-from sapnet_cli.commands import evaluate, export_pseudo, points, propose, select, train_seg
+from sapnet_cli.commands import (
+    bench_synthetic,
+    evaluate,
+    export_pseudo,
+    points,
+    propose,
+    select,
+    train_seg,
+)
 from stages import __version__
 from stages.common.errors import SapnetError
 
@@ -68,6 +76,7 @@ app.command("select")(select.select)
 app.command("export-pseudo")(export_pseudo.export_pseudo)
 app.command("evaluate")(evaluate.evaluate)
 app.command("train-seg")(train_seg.train_seg)
+app.command("bench-synthetic")(bench_synthetic.bench_synthetic)
 
 
 def main(argv: list[str] | None = None) -> None:
