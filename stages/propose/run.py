@@ -95,6 +95,14 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
 OVERWRITE_WAIT_S = 600.0
 
 
+def worker_device(device: str, env: dict[str, str] | None = None) -> str:
+    """Under torchrun, a bare ``cuda`` means this process's GPU: ``cuda:LOCAL_RANK``."""
+    env = os.environ if env is None else env
+    if device == "cuda" and "LOCAL_RANK" in env:
+        return f"cuda:{int(env['LOCAL_RANK'])}"
+    return device
+
+
 def _open_or_create(
     cfg: ProposeConfig, points: PointSet, backend: ProposalBackend, shard: tuple[int, int]
 ) -> ProposalStore:
@@ -249,7 +257,7 @@ def run_propose(cfg: ProposeConfig) -> ProposeSummary:
     backend = get_backend(
         cfg.backend,
         num_proposals=cfg.proposals_per_point,
-        device=cfg.device,
+        device=worker_device(cfg.device),
         model=cfg.model,
         checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None,
         batch_points=cfg.batch_points,

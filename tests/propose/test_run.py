@@ -14,7 +14,7 @@ import pytest
 
 from sapnet_cli.app import main
 from stages.common.errors import InputError
-from stages.propose.run import ProposeConfig, parse_shard, run_propose
+from stages.propose.run import ProposeConfig, parse_shard, run_propose, worker_device
 from stages.propose.store import ProposalStore
 from tests.conftest import FAKE_BACKEND, REPO, edit_json
 
@@ -117,6 +117,13 @@ def test_devices_start_one_worker_per_device(coco4, points4):
     summary = run_propose(_cfg(points4, coco4["images"], store, devices=["cpu", "cpu"]))
     assert summary.complete and summary.images_done == 4
     _assert_same(_snapshot(reference), _snapshot(store))
+
+
+def test_torchrun_local_rank_picks_the_gpu():
+    assert worker_device("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
+    assert worker_device("cuda:1", {"LOCAL_RANK": "3"}) == "cuda:1"
+    assert worker_device("cuda", {}) == "cuda"
+    assert worker_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
 
 
 def test_shard_parsing_and_torchrun_environment():
