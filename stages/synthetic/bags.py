@@ -66,6 +66,34 @@ def _pick(kinds: np.ndarray, kind: str, count: int) -> np.ndarray:
     return order[:, :count]
 
 
+def _image_bags(
+    props: np.ndarray, kinds: np.ndarray, gt: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The new bags of one image's K objects: ``(K, 6, H, W)`` masks and ``(K, 6)`` kinds.
+
+    ``props (K, 6, H, W)`` / ``kinds (K, 6)``: the generator's bags; ``gt (K, H, W)``: the object masks.
+    """
+    k = gt.shape[0]
+    rows = np.arange(k)
+    boxes = masks_to_boxes(gt)
+    has_group = (kinds == "group").any(axis=1)
+    part_a = large_parts(gt, boxes, fraction, rng.integers(0, 2, size=k))  # left or right
+    part_b = large_parts(gt, boxes, fraction, np.full(k, 2))  # top
+    third = np.where(has_group[:, None, None], props[rows, _pick(kinds, "group", 1)[:, 0]], part_b)
+    half = props[rows, _pick(kinds, "local", 2)[rows, rng.integers(0, 2, size=k)]]
+    offsets = props[rows[:, None], _pick(kinds, "offset", 2)]  # (K, 2, H, W)
+    bag = np.concatenate([gt[:, None], part_a[:, None], third[:, None], half[:, None], offsets], 1)
+    bag_kinds = np.tile(
+        np.array(["correct", "local", "group", "local", "offset", "offset"]), (k, 1)
+    )
+    bag_kinds[~has_group, 2] = "local"
+    order = np.concatenate(
+        [rng.permuted(np.tile([0, 1, 2], (k, 1)), axis=1),
+         rng.permuted(np.tile([3, 4, 5], (k, 1)), axis=1)], axis=1,
+    )  # fmt: skip
+    return bag[rows[:, None], order], bag_kinds[rows[:, None], order]
+
+
 def sam_like_bags(
     data: SyntheticData, part_fraction: float = PART_FRACTION, seed: int | None = None
 ) -> SyntheticData:
@@ -81,45 +109,26 @@ def sam_like_bags(
     store = ProposalStore.open(data.store, mode="r+")
     coco = json.loads(Path(data.annotations).read_text())
     seg = {int(a["id"]): a["segmentation"] for a in coco["annotations"]}
-    kinds_all = np.array(data.kinds, dtype=object)
-    new_kinds = np.empty_like(kinds_all)
+    new_kinds = np.array(data.kinds, dtype=object)
     rle_all = store.rle()
+    m = rle_all.shape[1]
     for unit in range(store.num_units):
         lo, hi = store.unit_image_ptr[unit], store.unit_image_ptr[unit + 1]
-        unit_props, unit_kinds = [], []
+        unit_props = []
         for img in range(lo, hi):
             sl = store.image_objects(img)
             k = sl.stop - sl.start
             if k == 0:
                 continue
             h, w = int(store.images.height[img]), int(store.images.width[img])
-            m = rle_all.shape[1]
-            props = decode_rles([str(s) for s in rle_all[sl].reshape(-1)], h, w).reshape(k, m, h, w)
-            kinds = kinds_all[sl].astype(str)
+            props = decode_rles([str(c) for c in rle_all[sl].reshape(-1)], h, w)
             gt = np.stack([segmentation_to_mask(seg[int(a)], h, w) for a in data.ann_id[sl]])
-            rows = np.arange(k)[:, None]
-            has_group = (kinds == "group").any(axis=1)
-            first_side = rng.integers(0, 2, size=k)
-            part_a = large_parts(gt, masks_to_boxes(gt), part_fraction, first_side)
-            part_b = large_parts(gt, masks_to_boxes(gt), part_fraction, np.full(k, 2))
-            group_slot = _pick(kinds, "group", 1)[:, 0]
-            third = np.where(has_group[:, None, None], props[np.arange(k), group_slot], part_b)
-            halves = _pick(kinds, "local", 2)
-            half = props[rows[:, 0], halves[np.arange(k), rng.integers(0, 2, size=k)]]
-            offsets = props[rows, _pick(kinds, "offset", 2)]  # (K, 2, H, W)
-            bag = np.concatenate(
-                [gt[:, None], part_a[:, None], third[:, None], half[:, None], offsets], axis=1
-            )
-            bag_kinds = np.array(["correct", "local", "group", "local", "offset", "offset"])
-            bag_kinds = np.tile(bag_kinds, (k, 1))
-            bag_kinds[~has_group, 2] = "local"
-            order = np.concatenate(
-                [rng.permuted(np.tile([0, 1, 2], (k, 1)), axis=1),
-                 rng.permuted(np.tile([3, 4, 5], (k, 1)), axis=1)], axis=1,
+            bag, kinds = _image_bags(
+                props.reshape(k, m, h, w), np.asarray(data.kinds[sl]).astype(str), gt,
+                part_fraction, rng,
             )  # fmt: skip
-            unit_props.append(bag[rows, order])
-            unit_kinds.append(bag_kinds[rows, order])
-            new_kinds[sl] = bag_kinds[rows, order]
+            unit_props.append(bag)
+            new_kinds[sl] = kinds
         if not unit_props:
             continue
         flat = np.concatenate(unit_props)
