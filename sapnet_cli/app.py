@@ -48,6 +48,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: "[x, y]" must not be read as rich markup and swallowed.
+    rich_markup_mode=None,
 )
 
 
