@@ -58,6 +58,31 @@ class ProposalBackend(Protocol):
         """
 
 
+def check_inputs(
+    image: np.ndarray, points: np.ndarray, backend: str, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate what ``propose`` receives: an ``(H, W, 3)`` uint8 RGB image and ``(K, 2)`` finite points
+    inside it (pixel-index coordinates, ``-0.5 <= x <= W - 0.5``). Returns ``(image, points as dtype)``;
+    InputError otherwise."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise InputError(
+            f"{backend} backend expects an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}"
+        )
+    pts = np.asarray(points, dtype=dtype)
+    if pts.size == 0:
+        pts = pts.reshape(0, 2)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"points must be a (K, 2) array of [x, y], got shape {pts.shape}")
+    h, w = image.shape[:2]
+    bad = ~np.isfinite(pts).all(1)
+    bad |= (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"point {i} = {pts[i].tolist()} lies outside the {w}x{h} image")
+    return image, pts
+
+
 # name -> "module:factory"; the factory takes the keyword options of `get_backend`.
 BACKENDS: dict[str, str] = {
     "classical": "stages.propose.backends.classical:build_classical_backend",

@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from stages.common.errors import InputError
 from stages.propose.backends import _pointcrf as crf
-from stages.propose.backends.base import ProposalBatch
+from stages.propose.backends.base import ProposalBatch, check_inputs
 
 ALGORITHM_VERSION = "3"
 
@@ -149,7 +149,7 @@ class ClassicalBackend:
 
     def propose(self, image: np.ndarray, points: np.ndarray) -> Iterator[ProposalBatch]:
         """Segment ``image`` once, then yield proposals for chunks of ``batch_points`` points."""
-        image, pts = _check_inputs(image, points)
+        image, pts = check_inputs(image, points, "classical", np.float64)
         if len(pts) == 0:
             return
         p = self.params
@@ -350,23 +350,3 @@ def greedy_nms(
         taken[rows, j] = True
         overlap = np.maximum(overlap, iou[rows, j, :])
     return chosen
-
-
-def _check_inputs(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-        raise InputError(
-            f"classical backend expects an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}"
-        )
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.size == 0:
-        pts = pts.reshape(0, 2)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise InputError(f"points must be a (K, 2) array of [x, y], got shape {pts.shape}")
-    h, w = image.shape[:2]
-    bad = ~np.isfinite(pts).all(1)
-    bad |= (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"point {i} = {pts[i].tolist()} lies outside the {w}x{h} image")
-    return image, pts

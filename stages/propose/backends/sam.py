@@ -38,7 +38,7 @@ from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import image_encoder as sam_image_encoder
 
 from stages.common.errors import DependencyError, InputError
-from stages.propose.backends.base import ProposalBatch
+from stages.propose.backends.base import ProposalBatch, check_inputs
 from stages.propose.backends.checkpoints import resolve_checkpoint
 
 MODELS = ("vit_h", "vit_l", "vit_b", "vit_t", "vit_test")
@@ -234,26 +234,6 @@ def prompt_boxes_from_masks(masks: torch.Tensor, points: torch.Tensor) -> torch.
     return torch.where(cols.any(1)[:, None], boxes, fallback)
 
 
-def _check_inputs(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(
-            f"SAM backend expects an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}"
-        )
-    pts = np.asarray(points, dtype=np.float32)
-    if pts.size == 0:
-        pts = pts.reshape(0, 2)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise InputError(f"points must be a (K, 2) array of [x, y], got shape {pts.shape}")
-    h, w = image.shape[:2]
-    bad = ~np.isfinite(pts).all(1) | (pts[:, 0] < -0.5) | (pts[:, 0] > w - 0.5)
-    bad |= (pts[:, 1] < -0.5) | (pts[:, 1] > h - 0.5)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"point {i} = {pts[i].tolist()} lies outside the {w}x{h} image")
-    return image, pts.astype(np.float32)
-
-
 class SamBackend:
     """A :class:`~stages.propose.backends.base.ProposalBackend` over a segment-anything ``Sam`` model.
 
@@ -363,7 +343,7 @@ class SamBackend:
 
     def propose(self, image: np.ndarray, points: np.ndarray) -> Iterator[ProposalBatch]:
         """Encode ``image`` once, then yield proposals for chunks of ``batch_points`` points."""
-        image, pts = _check_inputs(image, points)
+        image, pts = check_inputs(image, points, "SAM", np.float32)
         if len(pts) == 0:
             return
         self.encode(image)
