@@ -42,7 +42,10 @@ def test_pointsup_point_coords_are_accepted(points4):
         (lambda d: d["annotations"][0].update(category_id=99999), "unknown category"),
         (lambda d: d["annotations"][0].update(image_id=-7), "unknown image"),
         (lambda d: d["annotations"][0].pop("category_id"), "missing key"),
-        (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "duplicate annotation"),
+        (
+            lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
+            "duplicate annotation",
+        ),
         (lambda d: d["annotations"][0].pop("point"), "no point"),
     ],
 )

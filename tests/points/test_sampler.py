@@ -103,7 +103,9 @@ def test_run_points_empty_mask_fails_or_skips(coco4):
 
 def test_points_cli_rejects_bad_mode_and_bad_json(coco4, capsys):
     out = coco4["root"] / "p.json"
-    assert _run(["points", "--annotations", str(coco4["gt"]), "--out", str(out), "--mode", "x"]) == 2
+    assert (
+        _run(["points", "--annotations", str(coco4["gt"]), "--out", str(out), "--mode", "x"]) == 2
+    )
     bad = coco4["root"] / "bad.json"
     bad.write_text("{not json")
     assert _run(["points", "--annotations", str(bad), "--out", str(out)]) == 2
