@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from stages.select.bms import box_mining
+from stages.select.config import SelectConfig
 from stages.select.data import rois_from_boxes
 from stages.select.mil import (
     PRM_ALPHA,
@@ -47,22 +48,27 @@ PPG_FALLBACK_INDEX = 5
 """The code's PPG base when no proposal matches the stage-0 box within 1 px (the 6th SAM proposal)."""
 
 
+def _config_default(name: str) -> Any:
+    return SelectConfig.__dataclass_fields__[name].default
+
+
 @dataclass
 class MethodOptions:
     """The method switches and hyper-parameters the forward pass needs (from ``SelectConfig``)."""
 
-    use_pdg: bool = True
-    use_prm: bool = True
-    use_ppg: bool = True
-    use_npg: bool = True
-    use_bms: bool = True
-    pdg_mode: str = "logits"
-    pdg_power: float = 1.0 / 64.0
-    pdg_distance_power: float = 0.5
-    ppg_base: str = "psm"
-    num_negatives: int = 500
-    bms_t1: float = 0.6
-    bms_t2: float = 0.3
+    # Defaults are read from SelectConfig, the one place that holds the method's reference values.
+    use_pdg: bool = _config_default("use_pdg")
+    use_prm: bool = _config_default("use_prm")
+    use_ppg: bool = _config_default("use_ppg")
+    use_npg: bool = _config_default("use_npg")
+    use_bms: bool = _config_default("use_bms")
+    pdg_mode: str = _config_default("pdg_mode")
+    pdg_power: float = _config_default("pdg_power")
+    pdg_distance_power: float = _config_default("pdg_distance_power")
+    ppg_base: str = _config_default("ppg_base")
+    num_negatives: int = _config_default("num_negatives")
+    bms_t1: float = _config_default("bms_t1")
+    bms_t2: float = _config_default("bms_t2")
 
     @classmethod
     def from_config(cls, cfg: Any) -> MethodOptions:
