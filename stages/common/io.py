@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -44,17 +46,18 @@ def load_json(path: str | Path, what: str = "JSON file") -> Any:
         ) from None
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(fh)`` on a temporary file in the same folder as ``path``, fsync, then rename it over ``path``.
 
-    A crash at any point leaves either the old file or the complete new one, never a partial file.
+    A failure at any point removes the temporary file and leaves ``path`` as it was (absent or the old file),
+    never a partial file. ``write`` streams, so large outputs need not fit in memory as one string.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -64,10 +67,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> None:
-    """Serialise ``obj`` to JSON (NumPy scalars allowed) and write it atomically."""
-    text = json.dumps(obj, indent=indent, default=_json_default)
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(
+    path: str | Path, obj: Any, indent: int | None = None, compact: bool = False
+) -> None:
+    """Stream ``obj`` as UTF-8 JSON (NumPy scalars allowed) into ``path`` atomically.
+
+    ``compact`` drops the spaces after separators (smaller files, e.g. large pseudo-label JSONs).
+    """
+    separators = (",", ":") if compact else None
+
+    def write(fh: IO[bytes]) -> None:
+        text = io.TextIOWrapper(fh, encoding="utf-8", write_through=True)
+        json.dump(obj, text, indent=indent, separators=separators, default=_json_default)
+        text.flush()
+        text.detach()
+
+    atomic_write(path, write)
 
 
 def _json_default(obj: Any) -> Any:

@@ -14,9 +14,6 @@ A plain COCO reader (pycocotools, detectron2 ``load_coco_json``) ignores the ext
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from stages.common.errors import InputError
-from stages.common.io import load_json
+from stages.common.io import atomic_write_json, load_json
 from stages.export.config import AUX_WEIGHT
 from stages.export.gt import rle_area, xywh_to_xyxy
 from stages.export.report import PredSet
@@ -88,23 +85,8 @@ def build_annotations(
 
 
 def write_json_atomic(path: str | Path, doc: Any) -> None:
-    """Stream ``doc`` as JSON into a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    A failure at any point removes the temporary file and leaves ``path`` as it was (absent or the old file).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Stream ``doc`` as compact JSON into ``path`` atomically (``stages.common.io.atomic_write_json``)."""
+    atomic_write_json(path, doc, compact=True)
 
 
 def _segmentation_rle(seg: Any, size: tuple[int, int]) -> dict[str, Any]:

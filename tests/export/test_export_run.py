@@ -202,14 +202,14 @@ def test_pycocotools_and_detectron2_load(full_run, tmp_path):
 
 
 def test_atomic_write_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
-    import stages.export.pseudo as pseudo
+    import stages.common.io as common_io
 
     def broken_dump(doc, fh, **kw):
         fh.write('{"info": {"half": ')
         raise RuntimeError("disk full")
 
     out = tmp_path / "pseudo.json"
-    monkeypatch.setattr(pseudo.json, "dump", broken_dump)
+    monkeypatch.setattr(common_io.json, "dump", broken_dump)
     cfg = ExportConfig(tiny.store_path, out, selectors=("top1",))
     with pytest.raises(RuntimeError, match="disk full"):
         run_export(cfg)
