@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= runs/reproduce
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-slow lint format bench reproduce clean
+.PHONY: install browser test test-slow lint format bench reproduce clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,6 +13,17 @@ install:
 	# setuptools<81 keeps pkg_resources, which detectron2 0.6 imports.
 	$(BIN)/python -m pip install -e ".[dev,mobile]" "setuptools<81"
 	bash scripts/install_detectron2.sh $(BIN)/python
+
+# Headless Chromium for the report.html browser tests (Debian package `chromium`); idempotent: does nothing
+# when a Chromium is already on PATH. Needs root or sudo for apt-get; without it the browser tests are skipped.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
+	fi
 
 test:
 	$(BIN)/python -m pytest -q

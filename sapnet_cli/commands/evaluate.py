@@ -18,7 +18,14 @@ def evaluate(
     ),
     gt: Path = typer.Option(..., "--gt", help="Ground-truth COCO JSON with masks."),
     report: Path | None = typer.Option(
-        None, "--report", help="Folder for report.md and report.json (else only printed)."
+        None,
+        "--report",
+        help="Folder for report.md, report.json and report.html (else only printed).",
+    ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Folder of the image files drawn in report.html (else a grey canvas).",
     ),
     group_cover: float = typer.Option(
         0.5,
@@ -42,6 +49,9 @@ def evaluate(
         pred=pred,
         gt=gt,
         report=report,
+        images=images,
         thresholds=ErrorThresholds(group_cover, local_iou, local_inside),
     )
     typer.echo(render_markdown(run_evaluate(cfg)))
+    if report is not None and (report / "report.html").is_file():
+        typer.echo(f"report.html: {report / 'report.html'}")

@@ -47,8 +47,9 @@ def export_pseudo(
     report: Path | None = typer.Option(
         None,
         "--report",
-        help="Folder for report.md and report.json: mask/box mIoU by size, COCO AP, Gap, group/local "
-        "errors (needs --gt).",
+        help="Folder for report.html (a self-contained page: quality table and charts, a sortable "
+        "gallery of every selector's masks, each object's proposals; thumbnails in report_files/) and, "
+        "with --gt, report.md and report.json: mask/box mIoU by size, COCO AP, Gap, group/local errors.",
     ),
     viz: Path | None = typer.Option(
         None, "--viz", help="Folder for PNG overlays (one per selector and a comparison grid)."
@@ -59,7 +60,8 @@ def export_pseudo(
     images: Path | None = typer.Option(
         None,
         "--images",
-        help="Folder of the image files, for --viz (without it overlays use a grey canvas).",
+        help="Folder of the image files, for --viz and report.html (default: the folder `sapnet "
+        "propose` read; without images, a grey canvas).",
     ),
     group_cover: float = typer.Option(
         0.5,
@@ -98,5 +100,7 @@ def export_pseudo(
         typer.echo(f"skipped {len(result.skipped)} object(s) without proposals (listed in info)")
     if result.report_paths is not None:
         typer.echo(result.report_paths[0].read_text(encoding="utf-8"))
+    if result.html is not None:
+        typer.echo(f"report.html: {result.html.describe()}")
     if result.viz_paths:
         typer.echo(f"{len(result.viz_paths)} overlay image(s) in {viz}")

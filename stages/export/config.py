@@ -43,7 +43,7 @@ class ExportConfig:
         selectors: selector names, the first is the primary one (written to ``out``).
         aux_masks: add the MPS auxiliary masks; None = only for the ``sapnet`` selector.
         gt: ground-truth COCO JSON with masks (needed by ``oracle``, ``report`` and GT outlines in ``viz``).
-        report: folder for ``report.md`` / ``report.json`` (needs ``gt``).
+        report: folder for ``report.html`` (always) and ``report.md`` / ``report.json`` (with ``gt``).
         viz: folder for PNG overlays; viz_count: how many images (the most crowded first).
         images: folder of the image files (for ``viz``); None: a grey canvas is drawn instead.
         thresholds: definitions of the group/local error classes in the report.
@@ -81,8 +81,6 @@ class ExportConfig:
             raise InputError("--aux-masks ranks proposals by PRM score and needs --selections")
         if "oracle" in self.selectors and self.gt is None:
             raise InputError("the oracle selector needs --gt GT.json")
-        if self.report is not None and self.gt is None:
-            raise InputError("--report needs --gt GT.json (the report compares with ground truth)")
         if self.viz_count < 0:
             raise InputError(f"--viz-count must be >= 0, got {self.viz_count}")
         if self.out.suffix.lower() != ".json":
@@ -106,9 +104,14 @@ def output_paths(out: Path, selectors: tuple[str, ...] | list[str]) -> dict[str,
 
 @dataclass
 class EvaluateConfig:
-    """Options of `sapnet evaluate`: any COCO predictions / pseudo labels against a ground truth."""
+    """Options of `sapnet evaluate`: any COCO predictions / pseudo labels against a ground truth.
+
+    ``report``: folder for report.md, report.json and report.html; ``images``: the image files drawn in
+    report.html (else a grey canvas).
+    """
 
     pred: Path
     gt: Path
     report: Path | None = None
+    images: Path | None = None
     thresholds: ErrorThresholds = field(default_factory=ErrorThresholds)

@@ -33,6 +33,7 @@ from stages.export.gt import (
     proposal_gt_iou,
     xywh_to_xyxy,
 )
+from stages.export.html_report import GalleryInputs, HtmlReport, write_html_report
 from stages.export.pseudo import build_annotations, load_predictions, write_json_atomic
 from stages.export.report import (
     PredSet,
@@ -69,6 +70,7 @@ class ExportResult:
     report_paths: tuple[Path, Path] | None = None
     viz_paths: list[Path] = field(default_factory=list)
     config_path: Path | None = None
+    html: HtmlReport | None = None
 
 
 @dataclass
@@ -206,8 +208,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         exported[name] = _Exported(chosen, anns)
 
     result = ExportResult(outputs=outputs, num_objects=len(keep), skipped=skipped)
-    if cfg.report is not None:
-        assert gt is not None and gt_rows is not None
+    if cfg.report is not None and gt is not None:
+        assert gt_rows is not None
         rv_bag = fill_ratio(areas, store.boxes()[keep])
         img_ids = [int(im["id"]) for im in images_json]
         results = []
@@ -219,6 +221,33 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         result.report = build_report(results, gt, len(images_json), cfg.thresholds)
         result.report_paths = write_report(result.report, cfg.report)
         log.info("report written to %s", result.report_paths[0])
+    if cfg.report is not None:
+        proposal_scores = {"backend score": scores, "area": areas}
+        if sel_sub is not None:
+            proposal_scores |= {"PSM score": sel_sub.psm_scores, "PRM score": sel_sub.prm_scores}
+        gallery = GalleryInputs(
+            images=images_json,
+            categories={int(c["id"]): str(c.get("name", c["id"])) for c in categories},
+            image_index=image_index,
+            ann_id=ann_id,
+            category_id=category_id,
+            xy=xy,
+            picks={n: [a["segmentation"] for a in ex.annotations] for n, ex in exported.items()},
+            scores={
+                n: np.array([a["score"] for a in ex.annotations]) for n, ex in exported.items()
+            },
+            primary=cfg.selectors[0],
+            proposals=counts,
+            proposal_index={
+                n: np.array([a["proposal_index"] for a in ex.annotations], np.int64)
+                for n, ex in exported.items()
+            },
+            proposal_scores=proposal_scores,
+            gt=gt,
+            gt_rows=gt_rows,
+            images_dir=_images_dir(cfg.images, store),
+        )
+        result.html = write_html_report(gallery, cfg.report, result.report, cfg.thresholds)
     if cfg.viz is not None and cfg.viz_count > 0:
         result.viz_paths = _write_viz(cfg, store, keep, exported, categories, gt)
     result.config_path = save_resolved_config(
@@ -227,6 +256,14 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         outputs={k: str(v) for k, v in outputs.items()},
     )
     return result
+
+
+def _images_dir(images: Path | None, store: ProposalStore) -> Path | None:
+    """The image folder: the option, else the one `sapnet propose` read (when it still exists)."""
+    if images is not None:
+        return Path(images)
+    recorded = store.attrs.get("propose_config", {}).get("images")
+    return Path(recorded) if recorded and Path(recorded).is_dir() else None
 
 
 def _write_viz(
@@ -243,7 +280,7 @@ def _write_viz(
     image_index = objs.image_index[keep]
     per_image = np.bincount(image_index, minlength=len(images))
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
-    images_dir = cfg.images or store.attrs.get("propose_config", {}).get("images")
+    images_dir = _images_dir(cfg.images, store)
     if images_dir is None:
         log.warning("no --images folder given: overlays are drawn on a grey canvas")
     paths: list[Path] = []
@@ -325,4 +362,47 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.report is not None:
         md, _ = write_report(report, cfg.report)
         log.info("report written to %s", md)
+        if preds.rles is not None:
+            _evaluate_html(cfg, preds, gt, gt_rows, doc, report)
+        else:
+            log.info("predictions carry no masks: no report.html")
     return report
+
+
+def _evaluate_html(
+    cfg: EvaluateConfig,
+    preds: PredSet,
+    gt: GroundTruth,
+    gt_rows: np.ndarray | None,
+    doc: dict[str, Any] | None,
+    report: dict[str, Any],
+) -> HtmlReport:
+    """report.html of one prediction set: GT-matched objects get IoU and errors, others only masks."""
+    assert preds.rles is not None and cfg.report is not None
+    ids = sorted({int(i) for i in preds.image_id.tolist()})
+    records = {int(im["id"]): im for im in (doc or {}).get("images", []) if "id" in im}
+    images = []
+    for i in ids:
+        h, w = gt.image_size[i]
+        file_name = records.get(i, {}).get("file_name") or gt.coco.imgs.get(i, {}).get("file_name")
+        images.append({"id": i, "file_name": file_name or str(i), "height": h, "width": w})
+    row_of = {im["id"]: k for k, im in enumerate(images)}
+    cats = gt.coco.dataset.get("categories", [])
+    xy = None
+    if doc is not None and all("point" in a for a in doc["annotations"]):
+        xy = np.array([a["point"] for a in doc["annotations"]], np.float64).reshape(-1, 2)
+    gallery = GalleryInputs(
+        images=images,
+        categories={int(c["id"]): str(c.get("name", c["id"])) for c in cats},
+        image_index=np.array([row_of[int(i)] for i in preds.image_id.tolist()], np.int64),
+        ann_id=preds.ann_id if preds.ann_id is not None else np.arange(len(preds)),
+        category_id=preds.category_id,
+        xy=xy,
+        picks={preds.name: preds.rles},
+        scores={preds.name: preds.score},
+        primary=preds.name,
+        gt=gt if gt_rows is not None else None,
+        gt_rows=gt_rows,
+        images_dir=cfg.images,
+    )
+    return write_html_report(gallery, cfg.report, report, cfg.thresholds)

@@ -268,8 +268,6 @@ def test_option_errors(tiny, tmp_path):
         run_export(ExportConfig(tiny.store_path, out, selectors=("oracle",)))
     with pytest.raises(InputError, match="unknown selector"):
         run_export(ExportConfig(tiny.store_path, out, selectors=("best",)))
-    with pytest.raises(InputError, match="--report needs --gt"):
-        run_export(ExportConfig(tiny.store_path, out, selectors=("top1",), report=tmp_path))
     with pytest.raises(StoreError, match="no proposal store"):
         run_export(ExportConfig(tmp_path / "none.zarr", out, selectors=("top1",)))
     assert not out.exists()
