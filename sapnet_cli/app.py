@@ -19,6 +19,7 @@ from sapnet_cli.commands import (
     export_pseudo,
     points,
     propose,
+    review,
     select,
     train_seg,
 )
@@ -79,6 +80,8 @@ app.command("export-pseudo")(export_pseudo.export_pseudo)
 app.command("evaluate")(evaluate.evaluate)
 app.command("train-seg")(train_seg.train_seg)
 app.command("bench-synthetic")(bench_synthetic.bench_synthetic)
+app.command("review")(review.review)
+app.command("merge-corrections")(review.merge_corrections)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Correction loop: rank suspicious pseudo labels for review, fold corrected masks back."""
