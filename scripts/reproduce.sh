@@ -10,6 +10,7 @@
 #             (--backend sam when SAPNET_SAM_CHECKPOINT is set; the model is read from the file name)
 #   select    sapnet select, resnet18 random init    -> OUT/select/
 #   export    sapnet export-pseudo, every selector, with the quality report -> OUT/pseudo/
+#             (report.md, report.json and report.html, the page to look at: OUT/pseudo/report/report.html)
 #   seg       sapnet train-seg on the sapnet pseudo labels, evaluated on val -> OUT/seg_sapnet/
 #   seg-top1  (FULL=1) the same on the top1 pseudo labels                      -> OUT/seg_top1/
 #   figure    (FIGURE=1, `make figure`) overlays of top1/psm/sapnet -> OUT/figure/, docs/figures/selectors-grid.png
@@ -199,7 +200,7 @@ PSEUDO="$OUT/pseudo/pseudo.json"
 REPORT_DIR="$OUT/pseudo/report"
 run_stage export "pseudo labels of every selector + quality report against the train GT" "$OUT/pseudo" -- \
     "${SAPNET[@]}" export-pseudo --store "$STORE" --selections "$SELECT_DIR" --out "$PSEUDO" \
-    --selector "$SELECTORS" --gt "$EX/train/annotations.json" --report "$REPORT_DIR"
+    --selector "$SELECTORS" --gt "$EX/train/annotations.json" --report "$REPORT_DIR" --images "$EX/images"
 
 # pseudo-label file of one selector (the first listed writes --out, the others OUT.<selector>.json)
 pseudo_file() {
@@ -256,9 +257,41 @@ kb = out.stat().st_size / 1024
 verdict = "small enough to commit" if kb < 300 else "too large to commit (>= 300 KB)"
 print(f"figure: {grids[0].name} -> {out} ({img.width}x{img.height}, {kb:.0f} KB, {verdict})")
 PYEOF
+    # a screenshot of report.html (headless Chromium, `make browser`) -> docs/figures/report-html.png
+    CHROMIUM="$(command -v chromium || command -v chromium-browser || true)"
+    if [[ -n "$CHROMIUM" && -f "$REPORT_DIR/report.html" ]]; then
+        shot="$FIG_DIR/report-html.png"
+        profile="$(mktemp -d)"
+        "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-background-networking \
+            --disable-component-update --disable-sync --no-first-run --user-data-dir="$profile" \
+            --hide-scrollbars --window-size=1280,1700 --virtual-time-budget=5000 \
+            --screenshot="$PWD/$shot" "file://$(realpath "$REPORT_DIR/report.html")" >/dev/null 2>&1 || true
+        rm -rf "$profile"
+        if [[ -f "$shot" ]]; then
+            "$PY" - "$shot" docs/figures/report-html.png <<'PYEOF'
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+img = Image.open(sys.argv[1]).convert("RGB")
+img = img.resize((960, round(img.height * 960 / img.width)), Image.LANCZOS)
+out = Path(sys.argv[2])
+img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+kb = out.stat().st_size / 1024
+verdict = "small enough to commit" if kb < 300 else "too large to commit (>= 300 KB)"
+print(f"figure: report.html screenshot -> {out} ({img.width}x{img.height}, {kb:.0f} KB, {verdict})")
+PYEOF
+        fi
+    else
+        say "no chromium (make browser) or no report.html: report screenshot skipped"
+    fi
 fi
 
 # ---------------------------------------------------------------- table
+if [[ -f "$REPORT_DIR/report.html" ]]; then
+    say "report.html: $REPORT_DIR/report.html ($(du -sh "$REPORT_DIR" | cut -f1) with its thumbnails; open it in a browser)"
+fi
 times=""
 for s in "${STAGES[@]}"; do
     [[ -f "$STATE/$s.seconds" ]] && times+="$s $(cat "$STATE/$s.seconds") s, "
