@@ -109,7 +109,8 @@ def draw_overlay(
         color = tuple(int(c) for c in colors[j])
         x1, y1, x2, y2 = (float(v) for v in layer.boxes[j])
         if x2 > x1 and y2 > y1:
-            draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=color, width=2)
+            # the last pixel is x2 - 1; a box under one pixel wide (scaled thumbnails) stays one pixel
+            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=color, width=2)
             draw.text(
                 (x1 + 3, y1 + 2),
                 layer.labels[j],

@@ -140,6 +140,17 @@ def test_evaluate_writes_html(html_run, tiny, tmp_path):
     assert f">{100 * v:.1f}</td>" in (tmp_path / "report.html").read_text()
 
 
+def test_thumbnail_of_a_sub_pixel_box():
+    from stages.export.html_thumbs import image_overlay_thumb
+
+    masks = np.zeros((1, 40, 40), bool)
+    masks[0, 10, 10] = True  # a 1-pixel object: its box is 0.5 px wide at scale 0.5
+    photo = np.full((20, 20, 3), 40, np.uint8)
+    boxes = np.array([[10.0, 10.0, 11.0, 11.0]])
+    tile = image_overlay_thumb(photo, masks, boxes, np.array([[10.0, 10.0]]), ["x"], None, 0.5)
+    assert tile.shape == (20, 20, 3) and (tile != 40).any()
+
+
 def test_chart_and_thumb_helpers():
     counts, edges = histogram_counts(np.array([0.0, 0.05, 0.5, 1.0]), 0, 1, bins=4)
     assert counts.tolist() == [2, 0, 1, 1] and edges.tolist() == [0, 0.25, 0.5, 0.75, 1.0]

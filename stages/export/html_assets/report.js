@@ -12,7 +12,7 @@
     for (const k of kids) e.append(k);
     return e;
   };
-  const fmt = (v) => (v === null || v === undefined ? "n/a" : Number(v).toFixed(3));
+  const fmt = (v) => (v === null || v === undefined ? "n/a" : Number.isInteger(v) ? String(v) : Number(v).toFixed(3));
   const catName = (c) => DATA.categories[String(c)] || String(c);
 
   const SORTS = {
