@@ -264,7 +264,7 @@ PYEOF
         profile="$(mktemp -d)"
         "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-background-networking \
             --disable-component-update --disable-sync --no-first-run --user-data-dir="$profile" \
-            --hide-scrollbars --window-size=1280,1700 --virtual-time-budget=5000 \
+            --hide-scrollbars --window-size=1280,1500 --virtual-time-budget=5000 \
             --screenshot="$PWD/$shot" "file://$(realpath "$REPORT_DIR/report.html")" >/dev/null 2>&1 || true
         rm -rf "$profile"
         if [[ -f "$shot" ]]; then

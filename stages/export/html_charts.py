@@ -7,7 +7,7 @@ import html
 import numpy as np
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f")
-WIDTH, HEIGHT, PAD = 360, 150, 24
+WIDTH, HEIGHT, PAD = 300, 140, 24
 
 
 def _fmt(v: float) -> str:
@@ -49,8 +49,8 @@ def bar_chart(groups: dict[str, list[float | None]], series: list[str], scale: f
         )
     for s, name in enumerate(series):
         out.append(
-            f'<rect x="{PAD + s * 70}" y="2" width="8" height="8" fill="{PALETTE[s % len(PALETTE)]}"/>'
-            f'<text x="{PAD + s * 70 + 11}" y="10" font-size="9">{html.escape(name)}</text>'
+            f'<rect x="{PAD + s * 55}" y="2" width="8" height="8" fill="{PALETTE[s % len(PALETTE)]}"/>'
+            f'<text x="{PAD + s * 55 + 11}" y="10" font-size="9">{html.escape(name)}</text>'
         )
     out.append("</svg>")
     return "".join(out)

@@ -419,6 +419,7 @@ def render_page(
         + ("" if data["hasGT"] else " &mdash; <b>no ground truth</b>: IoU and errors not shown")
         + "</p></header>",
     ]
+    parts.append('<div class="overview">')
     if report is not None:
         parts.append(
             '<section id="quality-section"><h2>Quality per selector</h2>'
@@ -435,7 +436,7 @@ def render_page(
         parts.append(
             f'<figure class="chart"><figcaption>{html.escape(chart_title)}</figcaption>{svg}</figure>'
         )
-    parts.append("</div></section>")
+    parts.append("</div></section></div>")
     parts.append(
         '<section id="gallery-section"><h2>Gallery</h2><div id="controls"></div>'
         '<p id="count"></p><div id="gallery"></div><button id="more" type="button">show more</button>'

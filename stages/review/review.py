@@ -29,7 +29,8 @@ from stages.common.errors import InputError
 from stages.common.io import atomic_write_bytes, atomic_write_json, load_json
 from stages.common.selections import Selections, load_selections
 from stages.export.agreement import paired_mask_iou
-from stages.export.gt import image_groups, rle_area
+from stages.export.gt import image_groups, rle_areas_boxes
+from stages.export.report import fill_ratio
 from stages.review.config import ReviewConfig
 from stages.review.features import (
     SIGNALS,
@@ -158,9 +159,9 @@ def store_rows(store: Any, ann_id: np.ndarray) -> np.ndarray:
 def compute_signals(
     pseudo: PseudoSet, sel: Selections | None, store: Any | None, source: str = "selections"
 ) -> Signals:
-    """The four review signals of every pseudo object (see :mod:`stages.review.features`)."""
+    """The review signals of every pseudo object (see :mod:`stages.review.features`)."""
     p = len(pseudo.ann_id)
-    area = rle_area(pseudo.rles).astype(np.float64)
+    area, box = rle_areas_boxes(pseudo.rles)
     hw = np.array([pseudo.image_size[int(i)] for i in pseudo.image_id.tolist()], np.float64)
     hw = hw.reshape(-1, 2)
     confidence = pseudo.score
@@ -188,6 +189,7 @@ def compute_signals(
         disagree=disagree,
         foreign_point=foreign,
         size_outlier=size_outlier(area, hw[:, 0] * hw[:, 1], pseudo.category_id),
+        low_fill=-fill_ratio(area, box),
     )
 
 

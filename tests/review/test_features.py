@@ -55,13 +55,17 @@ def test_review_score_and_reasons():
         disagree=np.array([0.0, 0.5, 1.0]),
         foreign_point=np.array([0.0, 0.0, 2.0]),
         size_outlier=np.array([0.1, 0.1, 0.1]),
+        low_fill=np.array([-1.0, -0.2, -0.5]),
     )
     np.testing.assert_allclose(review_score(s, {"disagree": 1.0}), [0, 0.5, 1])
     np.testing.assert_allclose(review_score(s, {"low_score": 2.0}), [0, 2, 1])
-    total = review_score(s, {"low_score": 1, "disagree": 1, "foreign_point": 1, "size_outlier": 1})
-    np.testing.assert_allclose(total, [0 + 0 + 0.25 + 0.5, 1 + 0.5 + 0.25 + 0.5, 0.5 + 1 + 1 + 0.5])
+    total = review_score(s)  # default: every signal with weight 1
+    np.testing.assert_allclose(
+        total, [0 + 0 + 0.25 + 0.5 + 0, 1 + 0.5 + 0.25 + 0.5 + 1, 0.5 + 1 + 1 + 0.5 + 0.5]
+    )
     why = reasons(s)
-    assert why[1] == ["low_score"] and why[2] == ["disagree", "foreign_point"] and why[0] == []
+    assert why[1] == ["low_score", "low_fill"] and why[2] == ["disagree", "foreign_point"]
+    assert why[0] == []
     with pytest.raises(ValueError, match="unknown review signal"):
         review_score(s, {"nope": 1.0})
 
