@@ -9,6 +9,7 @@ evaluate JavaScript and take a screenshot. Used only by the report's browser tes
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -52,14 +53,22 @@ class BrowserError(RuntimeError):
     pass
 
 
+def _above_nine(fd: int) -> int:
+    """A duplicate of ``fd`` numbered 10 or more (the original is closed)."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
+
+
 class Browser:
     """One headless Chromium with one page (a context manager)."""
 
     def __init__(self, executable: str, width: int = 1280, height: int = 1600, timeout: float = 60):
         self.timeout = timeout
         self._profile = tempfile.TemporaryDirectory(prefix="sapnet-chromium-")
-        cmd_r, self._cmd_w = os.pipe()
-        self._res_r, res_w = os.pipe()
+        # pipe ends above 9, so that the child's redirections to 3 and 4 below never overwrite one another
+        cmd_r, self._cmd_w = (_above_nine(fd) for fd in os.pipe())
+        self._res_r, res_w = (_above_nine(fd) for fd in os.pipe())
         args = [
             executable,
             *FLAGS,
