@@ -74,6 +74,35 @@ def test_single_run_then_rerun_does_nothing(coco4, points4, caplog):
     _assert_same(snap, _snapshot(store))
 
 
+def test_complete_store_is_recognised_without_parsing_the_points(coco4, points4, monkeypatch):
+    """The resume of a complete store reads a checksum and units/done, not the (COCO-sized) JSON."""
+    import stages.propose.run as propose_run
+
+    store = coco4["root"] / "s.zarr"
+    run_propose(_cfg(points4, coco4["images"], store))
+    snap = _snapshot(store)
+    parsed: list[Path] = []
+    real_load = propose_run.load_points
+
+    def counting_load(path, **kw):
+        parsed.append(Path(path))
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(propose_run, "load_points", counting_load)
+    again = run_propose(_cfg(points4, coco4["images"], store))
+    assert (again.images_done, again.images_skipped, again.complete) == (0, 4, True)
+    assert parsed == []
+    _assert_same(snap, _snapshot(store))
+    # any other input takes the full path (and is refused there as before)
+    with pytest.raises(Exception, match="other inputs"):
+        run_propose(_cfg(points4, coco4["images"], store, proposals_per_point=3))
+    assert parsed == [points4]
+    edit_json(points4, lambda d: d["annotations"].pop())
+    with pytest.raises(Exception, match="other inputs"):
+        run_propose(_cfg(points4, coco4["images"], store))
+    assert len(parsed) == 2
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(coco4, points4):
     reference = coco4["root"] / "ref.zarr"
     run_propose(_cfg(points4, coco4["images"], reference))
