@@ -15,6 +15,8 @@ SELECTOR_NAMES = ("sapnet", "psm", "top1", "largest", "oracle")
 # MPS (METHOD section 7): PRM-score ranks of the auxiliary masks (1 = best) and the weight of each.
 AUX_RANKS = (2, 4, 6)
 AUX_WEIGHT = 0.5 / 6
+# The report's COCO AP runs on a seeded sample of this many images when there are more (see report.py).
+AP_MAX_IMAGES = 20_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class ExportConfig:
         viz: folder for PNG overlays; viz_count: how many images (the most crowded first).
         images: folder of the image files (for ``viz``); None: a grey canvas is drawn instead.
         thresholds: definitions of the group/local error classes in the report.
+        ap_max_images: the report's COCO AP on a seeded sample of this many images when there are more
+            (None: every image; the other metrics always use every object).
     """
 
     store: Path
@@ -60,6 +64,7 @@ class ExportConfig:
     viz_count: int = 20
     images: Path | None = None
     thresholds: ErrorThresholds = field(default_factory=ErrorThresholds)
+    ap_max_images: int | None = AP_MAX_IMAGES
 
     def validate(self) -> None:
         """InputError for inconsistent options (unknown selector, oracle without GT, ...)."""
@@ -115,3 +120,4 @@ class EvaluateConfig:
     report: Path | None = None
     images: Path | None = None
     thresholds: ErrorThresholds = field(default_factory=ErrorThresholds)
+    ap_max_images: int | None = AP_MAX_IMAGES

@@ -14,14 +14,16 @@ A plain COCO reader (pycocotools, detectron2 ``load_coco_json``) ignores the ext
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from stages.common.errors import InputError
-from stages.common.io import atomic_write_json, load_json
+from stages.common.io import _json_default, atomic_write, atomic_write_json, load_json
 from stages.export.config import AUX_WEIGHT
 from stages.export.gt import rle_area, xywh_to_xyxy
 from stages.export.report import PredSet
@@ -87,6 +89,37 @@ def build_annotations(
 def write_json_atomic(path: str | Path, doc: Any) -> None:
     """Stream ``doc`` as compact JSON into ``path`` atomically (``stages.common.io.atomic_write_json``)."""
     atomic_write_json(path, doc, compact=True)
+
+
+def write_pseudo_json(
+    path: str | Path, header: dict[str, Any], annotation_chunks: Iterable[list[dict[str, Any]]]
+) -> int:
+    """Write ``{**header, "annotations": [...]}`` atomically, one chunk of annotations at a time.
+
+    Only one chunk is ever in memory, and each annotation is encoded by the C JSON encoder (``json.dumps``;
+    ``json.dump`` to a file falls back to the pure-Python encoder, ~10x slower). The output is the same compact
+    JSON as :func:`write_json_atomic` of the whole document. Returns the number of annotations written.
+    """
+    if "annotations" in header:
+        raise ValueError("header must not hold 'annotations' (they come from annotation_chunks)")
+    head = json.dumps(header, separators=(",", ":"), default=_json_default)
+    written = 0
+
+    def write(fh: IO[bytes]) -> None:
+        nonlocal written
+        fh.write((head[:-1] + ("," if header else "") + '"annotations":[').encode("utf-8"))
+        for chunk in annotation_chunks:
+            if not chunk:
+                continue
+            text = ",".join(
+                json.dumps(a, separators=(",", ":"), default=_json_default) for a in chunk
+            )
+            fh.write((("," if written else "") + text).encode("utf-8"))
+            written += len(chunk)
+        fh.write(b"]}")
+
+    atomic_write(path, write)
+    return written
 
 
 def _segmentation_rle(seg: Any, size: tuple[int, int]) -> dict[str, Any]:

@@ -6,7 +6,10 @@ Metric definitions (the report repeats them):
   annotation id (GT box = the GT ``bbox`` field); means over objects, split by COCO size of the GT ``area``
   (small < 32^2 <= medium < 96^2 <= large).
 - AP: pycocotools COCOeval (``segm`` and ``bbox``), the predictions scored as detections with their ``score``,
-  over the evaluated images (crowd GT = ignore regions, max 100 detections per image).
+  over the evaluated images (crowd GT = ignore regions, max 100 detections per image). COCOeval is pure Python
+  per (image, class) and takes hours on all of COCO train2017, so above ``AP_MAX_IMAGES`` images AP is
+  computed on a seeded uniform sample of that many images (``ap_max_images``; None = every image); the
+  report says so. Every other metric always uses every object. docs/scaling.md measures the sampling error.
 - group error: the mask covers >= 50% of another non-crowd same-class GT instance of the image.
 - local error: IoU with its own GT < 0.5 and >= 80% of the mask inside that GT (a part of the object).
 - Gap (paper Table 7, METHOD 10): R_v = mask area / tight-box area; R_vmax = max R_v over the object's proposal
@@ -26,10 +29,11 @@ import numpy as np
 from pycocotools.cocoeval import COCOeval
 
 from stages.common.io import atomic_write_bytes, atomic_write_json
-from stages.export.config import ErrorThresholds
+from stages.export.config import AP_MAX_IMAGES, ErrorThresholds
 from stages.export.gt import GroundTruth, image_groups, pairwise_intersections, rle_areas_boxes
 
 SIZE_NAMES = ("small", "medium", "large")
+AP_SAMPLE_SEED = 0
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -188,6 +192,35 @@ def coco_ap(
     return {k: (float(v) if v >= 0 else None) for k, v in zip(AP_KEYS, ev.stats[:6], strict=True)}
 
 
+def ap_image_sample(
+    img_ids: list[int], max_images: int | None, seed: int = AP_SAMPLE_SEED
+) -> list[int]:
+    """The images COCO AP is computed on: all of ``img_ids`` (sorted) when ``max_images`` is None or not
+    smaller, else a seeded uniform sample of ``max_images`` of them (sorted; the same for every selector)."""
+    ids = np.unique(np.asarray(img_ids, dtype=np.int64))
+    if max_images is None or len(ids) <= max_images:
+        return ids.tolist()
+    if max_images < 1:
+        raise ValueError(f"ap_max_images must be >= 1 or None, got {max_images}")
+    pick = np.random.default_rng(seed).choice(len(ids), size=max_images, replace=False)
+    return np.sort(ids[pick]).tolist()
+
+
+def _restrict(preds: PredSet, img_ids: list[int]) -> PredSet:
+    """The predictions on ``img_ids`` only (for a sampled COCO AP)."""
+    keep = np.nonzero(np.isin(preds.image_id, np.asarray(img_ids, dtype=np.int64)))[0]
+    if len(keep) == len(preds):
+        return preds
+    return PredSet(
+        name=preds.name,
+        image_id=preds.image_id[keep],
+        category_id=preds.category_id[keep],
+        score=preds.score[keep],
+        box=preds.box[keep],
+        rles=None if preds.rles is None else [preds.rles[i] for i in keep.tolist()],
+    )
+
+
 # --------------------------------------------------------------------------- per-object metrics
 def object_overlaps(
     preds: PredSet, gt: GroundTruth, gt_rows: np.ndarray
@@ -217,17 +250,25 @@ def evaluate_predictions(
     img_ids: list[int],
     thr: ErrorThresholds | None = None,
     gt_rows: np.ndarray | None = None,
+    ap_max_images: int | None = AP_MAX_IMAGES,
 ) -> dict[str, Any]:
     """All report numbers of one prediction set (per-object ones only when ``gt_rows`` is given).
 
     Args:
         img_ids: the images evaluated by COCO AP.
         gt_rows: ``(N,)`` GT row of each prediction (matched by annotation id), or None.
+        ap_max_images: COCO AP on a seeded sample of this many of ``img_ids`` when there are more
+            (None: all); ``ap_images`` / ``ap_sampled`` in the result say what was used.
     """
     thr = thr or ErrorThresholds()
     res: dict[str, Any] = {"name": preds.name, "num_predictions": len(preds)}
-    res["ap_segm"] = coco_ap(gt, preds, "segm", img_ids) if preds.rles is not None else None
-    res["ap_bbox"] = coco_ap(gt, preds, "bbox", img_ids)
+    ap_ids = ap_image_sample(img_ids, ap_max_images)
+    sampled = len(ap_ids) < len(set(img_ids))
+    ap_preds = _restrict(preds, ap_ids) if sampled else preds
+    res["ap_images"] = len(ap_ids)
+    res["ap_sampled"] = sampled
+    res["ap_segm"] = coco_ap(gt, ap_preds, "segm", ap_ids) if preds.rles is not None else None
+    res["ap_bbox"] = coco_ap(gt, ap_preds, "bbox", ap_ids)
     res["matched"] = gt_rows is not None
     if gt_rows is None:
         return res
@@ -307,6 +348,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         sep,
     ]
     lines += [f"| {name} | " + " | ".join(vals) + " |" for name, vals in rows]
+    sampled = [c for c in cols if c.get("ap_sampled")]
+    if sampled:
+        lines += [
+            "",
+            f"AP on a seeded uniform sample of {sampled[0]['ap_images']} of the "
+            f"{report['num_images']} images (all other metrics on every object).",
+        ]
     lines += ["", "Definitions:", ""] + [f"- {d}" for d in report["definitions"]]
     return "\n".join(lines) + "\n"
 

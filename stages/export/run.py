@@ -34,7 +34,7 @@ from stages.export.gt import (
     xywh_to_xyxy,
 )
 from stages.export.html_report import GalleryInputs, HtmlReport, write_html_report
-from stages.export.pseudo import build_annotations, load_predictions, write_json_atomic
+from stages.export.pseudo import build_annotations, load_predictions, rle_dicts, write_pseudo_json
 from stages.export.report import (
     PredSet,
     build_report,
@@ -73,12 +73,22 @@ class ExportResult:
     html: HtmlReport | None = None
 
 
+# Objects per step of the streamed export: only this many objects' proposal RLEs and annotations are in
+# memory at a time (COCO train2017: 860k objects x 6 proposals would otherwise all be held).
+CHUNK_OBJECTS = 20_000
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(lo, min(lo + CHUNK_OBJECTS, n)) for lo in range(0, n, CHUNK_OBJECTS)]
+
+
 @dataclass
 class _Exported:
-    """One selector's export kept in memory for the report and the overlays (P' exported objects)."""
+    """One selector's choice kept for the report and the overlays (P' exported objects, arrays only)."""
 
     counts: np.ndarray  # (P',) chosen RLE counts
-    annotations: list[dict[str, Any]]
+    score: np.ndarray  # (P',) pseudo-label scores as written (rounded to 6 decimals)
+    index: np.ndarray  # (P',) chosen proposal index
 
 
 def _subset_selections(sel: Selections, keep: np.ndarray) -> Selections:
@@ -87,16 +97,26 @@ def _subset_selections(sel: Selections, keep: np.ndarray) -> Selections:
 
 
 def _pred_set(
-    name: str, anns: list[dict[str, Any]], extra: dict[str, np.ndarray] | None
+    name: str,
+    ex: _Exported,
+    ann_id: np.ndarray,
+    image_id: np.ndarray,
+    category_id: np.ndarray,
+    heights: np.ndarray,
+    widths: np.ndarray,
+    extra: dict[str, np.ndarray] | None,
 ) -> PredSet:
+    """The exported pseudo labels as the report's predictions (the same numbers as the written file)."""
+    rles = rle_dicts(ex.counts, heights, widths)
+    box = mask_utils.toBbox(rles) if rles else np.zeros((0, 4))
     return PredSet(
         name=name,
-        image_id=np.array([a["image_id"] for a in anns], dtype=np.int64),
-        category_id=np.array([a["category_id"] for a in anns], dtype=np.int64),
-        score=np.array([a["score"] for a in anns], dtype=np.float64),
-        box=xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float64)),
-        rles=[a["segmentation"] for a in anns],
-        ann_id=np.array([a["id"] for a in anns], dtype=np.int64),
+        image_id=np.asarray(image_id, dtype=np.int64),
+        category_id=np.asarray(category_id, dtype=np.int64),
+        score=ex.score,
+        box=xywh_to_xyxy(np.asarray(box, dtype=np.float64)),
+        rles=rles,
+        ann_id=np.asarray(ann_id, dtype=np.int64),
         box_extra=extra,
     )
 
@@ -135,7 +155,6 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     for ann_id, why in skipped:
         log.warning("object %d has no proposals (%s); not exported", ann_id, why)
 
-    counts = store.rle(keep)  # (P', M)
     image_index = objs.image_index[keep]
     heights, widths = images.height[image_index], images.width[image_index]
     image_id = images.image_id[image_index]
@@ -152,7 +171,14 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     gt_iou = None
     if "oracle" in cfg.selectors:
         assert gt is not None and gt_rows is not None
-        gt_iou = proposal_gt_iou(counts, heights, widths, image_index, gt_rows, gt)
+        gt_iou = np.concatenate(
+            [
+                proposal_gt_iou(
+                    store.rle(keep[c]), heights[c], widths[c], image_index[c], gt_rows[c], gt
+                )
+                for c in _chunks(len(keep))
+            ]
+        ).reshape(len(keep), store.num_proposals)
     sel_sub = _subset_selections(sel, keep) if sel is not None else None
     inputs = SelectorInputs(scores=scores, areas=areas, selections=sel_sub, gt_iou=gt_iou)
 
@@ -170,19 +196,30 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     categories = _categories(store)
     outputs = output_paths(cfg.out, cfg.selectors)
     exported: dict[str, _Exported] = {}
-    rows = np.arange(len(keep))
     for name in cfg.selectors:
         choice = run_selector(name, inputs, source=str(cfg.selections or store.path))
-        chosen = counts[rows, choice.index]
-        aux_counts = aux_index = None
+        aux_index = None
         if cfg.wants_aux(name):
             assert sel_sub is not None
             aux_index = aux_proposal_indices(sel_sub.prm_scores, AUX_RANKS)
-            aux_counts = np.take_along_axis(counts, aux_index, axis=1)
-        anns = build_annotations(
-            ann_id, image_id, category_id, xy, heights, widths, chosen, choice.score,
-            choice.index, aux_counts, aux_index,
-        )  # fmt: skip
+        chosen = np.empty(len(keep), dtype=object)
+
+        def annotation_chunks(
+            choice: Any = choice, aux_index: Any = aux_index, chosen: np.ndarray = chosen
+        ) -> Any:
+            """Annotations CHUNK_OBJECTS at a time, reading only those objects' RLEs from the store."""
+            for c in _chunks(len(keep)):
+                counts = store.rle(keep[c])  # (k, M)
+                chosen[c] = counts[np.arange(len(counts)), choice.index[c]]
+                aux_counts = aux_i = None
+                if aux_index is not None:
+                    aux_i = aux_index[c]
+                    aux_counts = np.take_along_axis(counts, aux_i, axis=1)
+                yield build_annotations(
+                    ann_id[c], image_id[c], category_id[c], xy[c], heights[c], widths[c],
+                    chosen[c], choice.score[c], choice.index[c], aux_counts, aux_i,
+                )  # fmt: skip
+
         spec = SELECTORS[name]
         info: dict[str, Any] = {
             "description": f"sapnet pseudo labels, selector {name!r}",
@@ -194,18 +231,19 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             "source_json": attrs.get("source_json"),
             "backend": attrs.get("backend"),
             "selections": str(cfg.selections) if cfg.selections is not None else None,
-            "aux_masks": aux_counts is not None,
-            "num_objects": len(anns),
+            "aux_masks": aux_index is not None,
+            "num_objects": len(keep),
             "skipped": [{"id": a, "reason": r} for a, r in skipped],
         }
-        if aux_counts is not None:
+        if aux_index is not None:
             info |= {"aux_ranks": list(AUX_RANKS), "aux_weight": AUX_WEIGHT}
         if not spec.training_data:
             info["note"] = ORACLE_NOTE
-        doc = {"info": info, "images": images_json, "categories": categories, "annotations": anns}
-        write_json_atomic(outputs[name], doc)
-        log.info("wrote %d pseudo labels (%s) to %s", len(anns), name, outputs[name])
-        exported[name] = _Exported(chosen, anns)
+        header = {"info": info, "images": images_json, "categories": categories}
+        n = write_pseudo_json(outputs[name], header, annotation_chunks())
+        log.info("wrote %d pseudo labels (%s) to %s", n, name, outputs[name])
+        score = np.array([round(float(v), 6) for v in choice.score.tolist()], dtype=np.float64)
+        exported[name] = _Exported(chosen, score, np.asarray(choice.index, dtype=np.int64))
 
     result = ExportResult(outputs=outputs, num_objects=len(keep), skipped=skipped)
     if cfg.report is not None and gt is not None:
@@ -215,9 +253,11 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         results = []
         for name, ex in exported.items():
             extra = {"bms": sel_sub.bms_box} if name == "sapnet" and sel_sub is not None else None
-            preds = _pred_set(name, ex.annotations, extra)
+            preds = _pred_set(name, ex, ann_id, image_id, category_id, heights, widths, extra)
             preds.rv_bag = rv_bag
-            results.append(evaluate_predictions(preds, gt, img_ids, cfg.thresholds, gt_rows))
+            results.append(
+                evaluate_predictions(preds, gt, img_ids, cfg.thresholds, gt_rows, cfg.ap_max_images)
+            )
         result.report = build_report(results, gt, len(images_json), cfg.thresholds)
         result.report_paths = write_report(result.report, cfg.report)
         log.info("report written to %s", result.report_paths[0])
@@ -232,16 +272,11 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             ann_id=ann_id,
             category_id=category_id,
             xy=xy,
-            picks={n: [a["segmentation"] for a in ex.annotations] for n, ex in exported.items()},
-            scores={
-                n: np.array([a["score"] for a in ex.annotations]) for n, ex in exported.items()
-            },
+            picks={n: rle_dicts(ex.counts, heights, widths) for n, ex in exported.items()},
+            scores={n: ex.score for n, ex in exported.items()},
             primary=cfg.selectors[0],
-            proposals=counts,
-            proposal_index={
-                n: np.array([a["proposal_index"] for a in ex.annotations], np.int64)
-                for n, ex in exported.items()
-            },
+            proposals=store.rle(keep),  # every proposal: the page's per-object strips
+            proposal_index={n: ex.index for n, ex in exported.items()},
             proposal_scores=proposal_scores,
             gt=gt,
             gt_rows=gt_rows,
@@ -297,7 +332,8 @@ def _write_viz(
         layers = {}
         for name, ex in exported.items():
             masks = decode_rles([str(c) for c in ex.counts[rows]], h, w)
-            boxes = xywh_to_xyxy(np.array([ex.annotations[r]["bbox"] for r in rows]))
+            rles = rle_dicts(ex.counts[rows], np.full(len(rows), h), np.full(len(rows), w))
+            boxes = xywh_to_xyxy(np.asarray(mask_utils.toBbox(rles), dtype=np.float64))
             layers[name] = InstanceLayer(masks, boxes, objs.xy[keep_rows], labels)
         gt_masks = None
         if gt is not None:
@@ -355,7 +391,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         note = "predictions carry no annotation ids matching the GT: per-object metrics skipped"
     if note:
         log.info(note)
-    res = evaluate_predictions(preds, gt, img_ids, cfg.thresholds, gt_rows)
+    res = evaluate_predictions(preds, gt, img_ids, cfg.thresholds, gt_rows, cfg.ap_max_images)
     if note:
         res["note"] = note
     report = build_report([res], gt, len(img_ids), cfg.thresholds)

@@ -202,14 +202,13 @@ def test_pycocotools_and_detectron2_load(full_run, tmp_path):
 
 
 def test_atomic_write_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
-    import stages.common.io as common_io
+    import stages.export.run as export_run
 
-    def broken_dump(doc, fh, **kw):
-        fh.write('{"info": {"half": ')
+    def broken_chunk(*args, **kw):  # fails after the header went to the file: a half-written stream
         raise RuntimeError("disk full")
 
     out = tmp_path / "pseudo.json"
-    monkeypatch.setattr(common_io.json, "dump", broken_dump)
+    monkeypatch.setattr(export_run, "build_annotations", broken_chunk)
     cfg = ExportConfig(tiny.store_path, out, selectors=("top1",))
     with pytest.raises(RuntimeError, match="disk full"):
         run_export(cfg)
@@ -307,3 +306,73 @@ def test_selections_for_other_objects_and_incomplete_store(tiny, tmp_path):
     with pytest.raises(StoreError, match="incomplete"):
         run_export(ExportConfig(tmp_path / "empty.zarr", tmp_path / "p.json", selectors=("top1",)))
     assert not (tmp_path / "p.json").exists()
+
+
+def test_sampled_ap_uses_only_the_sampled_images(full_run, tiny):
+    """ap_max_images=1 of 2 images: AP of that image alone, per-object metrics still on all 4 objects."""
+    from stages.export.gt import load_ground_truth
+    from stages.export.pseudo import load_predictions
+    from stages.export.report import ap_image_sample, coco_ap, evaluate_predictions
+
+    gt = load_ground_truth(tiny.gt_path)
+    preds, _ = load_predictions(full_run.outputs["top1"], gt.image_size)
+    rows = gt.index_of(preds.ann_id)
+    ids = sorted(gt.image_size)
+    full = evaluate_predictions(preds, gt, ids, gt_rows=rows, ap_max_images=None)
+    part = evaluate_predictions(preds, gt, ids, gt_rows=rows, ap_max_images=1)
+    assert (full["ap_images"], full["ap_sampled"]) == (2, False)
+    assert (part["ap_images"], part["ap_sampled"]) == (1, True)
+    assert part["mask_iou"] == full["mask_iou"] and part["objects"]["all"] == 4
+    (kept,) = ap_image_sample(ids, 1)
+    on = preds.image_id == kept
+    alone = load_predictions(full_run.outputs["top1"], gt.image_size)[0]
+    for key in ("image_id", "category_id", "score", "box"):
+        setattr(alone, key, getattr(alone, key)[on])
+    alone.rles = [r for r, k in zip(alone.rles, on, strict=True) if k]
+    # detections on the other image are dropped, not counted as false positives
+    assert part["ap_segm"] == coco_ap(gt, alone, "segm", [kept])
+    assert ap_image_sample([5, 3, 9, 3], None) == [3, 5, 9]
+    assert ap_image_sample([5, 3, 9], 2) == ap_image_sample([9, 5, 3], 2)  # seeded, order-free
+    assert len(set(ap_image_sample(list(range(100)), 10))) == 10
+
+
+def test_export_streams_chunks_and_matches_one_chunk(tiny, tmp_path, monkeypatch):
+    """CHUNK_OBJECTS=1: one object's RLEs read at a time, and the files equal a one-chunk export."""
+    import stages.export.run as export_run
+    from stages.propose.store import ProposalStore
+
+    def export(out: Path) -> dict:
+        cfg = ExportConfig(tiny.store_path, out, tiny.sel_dir, ("sapnet", "top1"))
+        res = run_export(cfg)
+        docs = {k: json.loads(p.read_text()) for k, p in res.outputs.items()}
+        for d in docs.values():
+            d["info"].pop("date_created")
+        return docs
+
+    whole = export(tmp_path / "a" / "p.json")
+    reads: list[int] = []
+    real_rle = ProposalStore.rle
+
+    def counting_rle(self, objects=None):
+        reads.append(len(self.objects) if objects is None else len(objects))
+        return real_rle(self, objects)
+
+    monkeypatch.setattr(export_run, "CHUNK_OBJECTS", 1)
+    monkeypatch.setattr(ProposalStore, "rle", counting_rle)
+    chunked = export(tmp_path / "b" / "p.json")
+    assert reads and max(reads) == 1 and len(reads) == 2 * len(OBJECTS)
+    assert chunked == whole
+    assert len(whole["sapnet"]["annotations"]) == len(OBJECTS)
+
+
+def test_write_pseudo_json_equals_compact_dump(tmp_path):
+    from stages.export.pseudo import write_pseudo_json
+
+    header = {"info": {"a": 1}, "images": [{"id": 1}], "categories": []}
+    anns = [{"id": i, "x": [i, 0.5]} for i in range(5)]
+    path = tmp_path / "p.json"
+    assert write_pseudo_json(path, header, iter([anns[:2], [], anns[2:]])) == 5
+    want = json.dumps({**header, "annotations": anns}, separators=(",", ":"))
+    assert path.read_text() == want
+    assert write_pseudo_json(path, {}, iter([])) == 0
+    assert json.loads(path.read_text()) == {"annotations": []}
