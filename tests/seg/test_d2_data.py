@@ -121,3 +121,39 @@ def test_registration_keeps_aux_keys_and_can_repeat() -> None:
     meta = MetadataCatalog.get("t_val")
     assert meta.thing_classes[0] == "person" and meta.evaluator_type == "coco"
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 15: 1, 31: 2, 36: 3, 62: 4, 77: 5}
+
+
+def test_compact_dataset_equals_load_coco_json(tmp_path) -> None:
+    """The compact training set holds the records load_coco_json makes (empty images filtered)."""
+    import numpy as np
+    from detectron2.data.datasets import load_coco_json
+
+    from stages.seg.d2.compact import CompactCocoDataset
+    from stages.seg.d2.data import EXTRA_ANNOTATION_KEYS
+
+    data = json.loads((FIXTURES / "pseudo.json").read_text())
+    data["images"].append({"id": 999, "file_name": "none.jpg", "height": 4, "width": 4})
+    # the annotations first: a valid, if unusual, key order
+    path = _write(tmp_path, {k: data[k] for k in ("annotations", "categories", "images")})
+    want = load_coco_json(str(path), str(IMAGES), "t_cmp", EXTRA_ANNOTATION_KEYS)
+    want = [r for r in want if any(not a.get("iscrowd", 0) for a in r["annotations"])]
+    ds = CompactCocoDataset(path, IMAGES, EXTRA_ANNOTATION_KEYS)
+    assert len(ds) == len(want) == len(data["images"]) - 1
+    assert [ds[i] for i in range(len(ds))] == want
+    assert isinstance(ds.blob, np.ndarray) and ds.blob.dtype == np.uint8  # one shared buffer
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_registered_train_set_is_compact_and_workers_read_it() -> None:
+    import torch
+
+    from stages.seg.d2.compact import CompactCocoDataset
+
+    register_datasets(FIXTURES / "pseudo.json", IMAGES, train_name="t_cmp_train")
+    ds = DatasetCatalog.get("t_cmp_train")
+    assert isinstance(ds, CompactCocoDataset)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=1, multiprocessing_context="fork"
+    )
+    assert [r["image_id"] for r in loader] == [ds[i]["image_id"] for i in range(len(ds))]

@@ -10,13 +10,14 @@ process started by ``launch`` and several times in one process (tests).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages.common.errors import InputError
+from stages.common.json_stream import iter_top_level
 from stages.seg.d2 import compat
+from stages.seg.d2.compact import CompactCocoDataset
 
 compat.apply()
 
@@ -36,22 +37,6 @@ class CocoSummary:
     num_annotations: int
     categories: dict[int, str]  # dataset category id -> name
     num_with_aux: int
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a COCO instances object, got {type(data).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise InputError(f"{path}: missing or invalid '{key}' list (not a COCO instances file)")
-    return data
 
 
 def _has_mask(segmentation: Any) -> bool:
@@ -78,32 +63,23 @@ def validate_coco_json(
     Checks: valid COCO structure; at least one category and one image; every image file exists under
     ``image_root``; every annotation refers to a known image and category; with ``require_masks`` every
     non-crowd annotation has a mask (RLE or polygons) whose RLE size matches its image; ``aux_segmentations``
-    and ``aux_weights`` have the same length and image-sized RLEs.
+    and ``aux_weights`` have the same length and image-sized RLEs. The file is read as a stream (one
+    annotation at a time), so a pseudo-label file of any size is checked in little memory.
 
     Raises:
         InputError: naming the file, the record (image / annotation id) and the problem.
     """
     path, image_root = Path(path), Path(image_root)
-    data = _load_json(path)
-    categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
-    if not categories:
-        raise InputError(f"{path}: no categories")
-    if not data["images"]:
-        raise InputError(f"{path}: no images")
+    categories: dict[int, str] | None = None
     sizes: dict[int, tuple[int, int]] = {}
     missing: list[str] = []
-    for img in data["images"]:
-        sizes[int(img["id"])] = (int(img["height"]), int(img["width"]))
-        if not (image_root / img["file_name"]).is_file():
-            missing.append(str(img["file_name"]))
-    if missing:
-        shown = ", ".join(missing[:MAX_LISTED]) + (" ..." if len(missing) > MAX_LISTED else "")
-        raise InputError(
-            f"{path}: {len(missing)} of {len(data['images'])} image files missing under {image_root}: {shown}"
-        )
     no_mask: list[Any] = []
-    num_with_aux = 0
-    for ann in data["annotations"]:
+    waiting: list[dict[str, Any]] = []  # annotations listed before the images / categories
+    seen: set[str] = set()
+    counts = {"images": 0, "annotations": 0, "with_aux": 0}
+
+    def check(ann: dict[str, Any]) -> None:
+        assert categories is not None
         ann_id = ann.get("id", "?")
         image_id = ann.get("image_id")
         if image_id not in sizes:
@@ -113,15 +89,15 @@ def validate_coco_json(
                 f"{path}: annotation {ann_id}: category_id {ann.get('category_id')} is not in 'categories'"
             )
         if int(ann.get("iscrowd", 0)):
-            continue
+            return
         seg = ann.get("segmentation")
         if require_masks and not _has_mask(seg):
             no_mask.append(ann_id)
-            continue
+            return
         _check_rle_size(path, ann_id, "segmentation", seg, sizes[image_id])
         aux = ann.get("aux_segmentations")
         if aux is None:
-            continue
+            return
         weights = ann.get("aux_weights")
         if not isinstance(aux, list) or (weights is not None and len(weights) != len(aux)):
             raise InputError(
@@ -135,7 +111,43 @@ def validate_coco_json(
                     f"{path}: annotation {ann_id}: an aux_segmentations entry is not a mask"
                 )
             _check_rle_size(path, ann_id, "aux_segmentations", seg_aux, sizes[image_id])
-        num_with_aux += bool(aux)
+        counts["with_aux"] += bool(aux)
+
+    for key, value, element in iter_top_level(path, ("images", "annotations")):
+        if key in ("images", "annotations", "categories") and not element:
+            if not isinstance(value, list):
+                raise InputError(
+                    f"{path}: missing or invalid '{key}' list (not a COCO instances file)"
+                )
+            seen.add(key)
+        if key == "categories":
+            categories = {int(c["id"]): str(c.get("name", c["id"])) for c in value}
+        elif key == "images" and element:
+            sizes[int(value["id"])] = (int(value["height"]), int(value["width"]))
+            counts["images"] += 1
+            if not (image_root / value["file_name"]).is_file():
+                missing.append(str(value["file_name"]))
+        elif key == "annotations" and element:
+            counts["annotations"] += 1
+            if {"images", "categories"} <= seen:
+                check(value)
+            else:
+                waiting.append(value)
+    for key in ("images", "annotations", "categories"):
+        if key not in seen:
+            raise InputError(f"{path}: missing or invalid '{key}' list (not a COCO instances file)")
+    if not categories:
+        raise InputError(f"{path}: no categories")
+    if not sizes:
+        raise InputError(f"{path}: no images")
+    if missing:
+        shown = ", ".join(missing[:MAX_LISTED]) + (" ..." if len(missing) > MAX_LISTED else "")
+        raise InputError(
+            f"{path}: {len(missing)} of {counts['images']} image files missing under {image_root}: "
+            f"{shown}"
+        )
+    for ann in waiting:
+        check(ann)
     if no_mask:
         shown = ", ".join(str(i) for i in no_mask[:MAX_LISTED]) + (
             " ..." if len(no_mask) > MAX_LISTED else ""
@@ -146,10 +158,10 @@ def validate_coco_json(
         )
     return CocoSummary(
         path=path,
-        num_images=len(data["images"]),
-        num_annotations=len(data["annotations"]),
+        num_images=counts["images"],
+        num_annotations=counts["annotations"],
         categories=categories,
-        num_with_aux=num_with_aux,
+        num_with_aux=counts["with_aux"],
     )
 
 
@@ -172,23 +184,31 @@ def check_same_categories(train: CocoSummary, val: CocoSummary) -> None:
 
 
 def register_coco_instances_with_aux(
-    name: str, json_file: str | Path, image_root: str | Path
+    name: str, json_file: str | Path, image_root: str | Path, compact: bool = False
 ) -> None:
     """Register ``name`` (lazily loaded with the aux keys) with ``evaluator_type="coco"`` metadata.
 
-    An existing registration of ``name`` is replaced.
+    ``compact``: load it as a :class:`~stages.seg.d2.compact.CompactCocoDataset` (a streamed, serialised
+    Dataset that data-loader workers share) instead of ``load_coco_json``'s list of dicts; for the training
+    set, whose pseudo labels with aux masks are the biggest file (COCO train2017: over a GB). An existing
+    registration of ``name`` is replaced.
     """
     json_file, image_root = str(json_file), str(image_root)
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(
-        name,
-        lambda: load_coco_json(
-            json_file, image_root, name, extra_annotation_keys=EXTRA_ANNOTATION_KEYS
-        ),
-    )
+    if compact:
+        DatasetCatalog.register(
+            name, lambda: CompactCocoDataset(json_file, image_root, EXTRA_ANNOTATION_KEYS)
+        )
+    else:
+        DatasetCatalog.register(
+            name,
+            lambda: load_coco_json(
+                json_file, image_root, name, extra_annotation_keys=EXTRA_ANNOTATION_KEYS
+            ),
+        )
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
 
 
@@ -223,7 +243,7 @@ def register_datasets(
         if validate:
             val_summary = validate_coco_json(val_json, val_images, require_masks=False)
             check_same_categories(train_summary, val_summary)
-    register_coco_instances_with_aux(train_name, train_json, train_images)
+    register_coco_instances_with_aux(train_name, train_json, train_images, compact=True)
     summary = train_summary or _categories_only(train_json)
     set_thing_metadata(train_name, summary)
     if val_json is not None:
@@ -240,6 +260,11 @@ def register_datasets(
 
 
 def _categories_only(path: str | Path) -> CocoSummary:
-    data = _load_json(Path(path))
-    cats = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
-    return CocoSummary(Path(path), len(data["images"]), len(data["annotations"]), cats, 0)
+    """The categories of a COCO file, streamed up to its ``categories`` key (counts: -1, not read)."""
+    for key, value, _ in iter_top_level(path, ("images", "annotations")):
+        if key == "categories":
+            if not isinstance(value, list):
+                break
+            cats = {int(c["id"]): str(c.get("name", c["id"])) for c in value}
+            return CocoSummary(Path(path), -1, -1, cats, 0)
+    raise InputError(f"{path}: missing or invalid 'categories' list (not a COCO instances file)")
