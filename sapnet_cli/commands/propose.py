@@ -37,7 +37,9 @@ def propose(
     proposals_per_point: int = typer.Option(
         6, "--proposals-per-point", help="M proposals per point (SAPNet uses 6: 3 point + 3 box)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N."
+    ),
     shard: str | None = typer.Option(
         None,
         "--shard",
@@ -48,7 +50,7 @@ def propose(
         None,
         "--devices",
         help="Comma-separated devices, e.g. 0,1,2,3 (= cuda:0..3) or cpu,cpu: one worker per device on "
-        "this machine, each taking one shard.",
+        "this machine, each taking one shard (not with --shard or under torchrun).",
     ),
     batch_points: int = typer.Option(
         64, "--batch-points", help="Points decoded together per SAM call (larger pays off on GPUs)."
@@ -78,12 +80,6 @@ def propose(
     """
     if on_error not in ("fail", "skip"):
         raise typer.BadParameter("choose fail or skip", param_hint="--on-error")
-    device_list = None
-    if devices:
-        device_list = [
-            d if not d.strip().isdigit() else f"cuda:{d.strip()}" for d in devices.split(",")
-        ]
-        device_list = [d.strip() for d in device_list if d.strip()]
     cfg = ProposeConfig(
         annotations=annotations,
         images=images,
@@ -99,7 +95,7 @@ def propose(
         overwrite=overwrite,
         on_error=on_error,  # type: ignore[arg-type]
         chunk_points=chunk_points,
-        devices=device_list,
+        devices=devices,
         progress=progress,
     )
     summary = run_propose(cfg)

@@ -62,7 +62,9 @@ def select(
         None, "--max-size", help="Upper limit of the long image side (default 1333)."
     ),
     device: str | None = typer.Option(
-        None, "--device", help="cpu or cuda (default: cuda when available)."
+        None,
+        "--device",
+        help="auto (cuda when available, else cpu; default) | cpu | cuda | cuda:N.",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from OUT/checkpoints/last.pt (same options required)."

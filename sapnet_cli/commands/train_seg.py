@@ -131,7 +131,9 @@ def train_seg(
         "Under torchrun, RANK/WORLD_SIZE/LOCAL_RANK are used instead of these four options.",
     ),
     device: str | None = typer.Option(
-        None, "--device", help="cpu | cuda (default: cuda when available)."
+        None,
+        "--device",
+        help="auto (cuda when available, else cpu; default) | cpu | cuda | cuda:N.",
     ),
     resume: bool = typer.Option(
         False,

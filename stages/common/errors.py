@@ -37,6 +37,11 @@ class DependencyError(SapnetError):
     exit_code = 5
 
 
+class DeviceUnavailableError(DependencyError):
+    """A requested device is not on this machine: CUDA without a usable GPU, or ``cuda:N`` beyond the
+    device count (exit 5, like every missing dependency; raised only by :mod:`stages.common.devices`)."""
+
+
 class NotImplementedYet(SapnetError):
     """A stage whose implementation has not landed yet (exit 6); never a silent success."""
 

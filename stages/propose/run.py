@@ -1,8 +1,9 @@
 """`run_propose`: fill a proposal store with M mask proposals per annotated point.
 
 Resumable (finished work units are skipped; a killed unit is redone), shardable (``--shard I/N``, or RANK /
-WORLD_SIZE under torchrun, or one worker per listed device through ``torch.multiprocessing``), and safe for many
-writers on one store (see :mod:`stages.propose.store`).
+WORLD_SIZE under torchrun, or one worker per listed device, ``--devices``), and safe for many writers on one store
+(see :mod:`stages.propose.store`). Devices, torchrun and the ``--devices`` workers are handled by
+:mod:`stages.common.devices`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from tqdm import tqdm
 
 from stages.common.annotations import OnError, PointSet, load_points, missing_image_files
 from stages.common.config import config_to_dict
+from stages.common.devices import (
+    check_parallel_options,
+    parse_devices,
+    resolve_device,
+    resolve_devices,
+    shard_of,
+    spawn_workers,
+)
 from stages.common.errors import InputError, StoreError
 from stages.common.io import read_image_rgb, sha256_file
 from stages.common.masks import encode_masks, masks_to_boxes
@@ -40,14 +49,14 @@ class ProposeConfig:
     model: str = "vit_h"
     checkpoint: Path | None = None
     proposals_per_point: int = 6
-    device: str = "cpu"
+    device: str = "auto"
     shard: str | None = None
     batch_points: int = 64
     precision: str = "fp32"
     overwrite: bool = False
     on_error: OnError = "fail"
     chunk_points: int = 512
-    devices: list[str] | None = None
+    devices: str | list[str] | None = None
     progress: bool = True
 
 
@@ -74,33 +83,7 @@ class ProposeSummary:
         )
 
 
-def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)``; without it, RANK/WORLD_SIZE from the environment (torchrun), else ``(0, 1)``."""
-    env = os.environ if env is None else env
-    if shard is None:
-        if "RANK" in env and "WORLD_SIZE" in env:
-            shard = f"{env['RANK']}/{env['WORLD_SIZE']}"
-        else:
-            return 0, 1
-    try:
-        i_str, n_str = shard.split("/")
-        i, n = int(i_str), int(n_str)
-    except ValueError:
-        raise InputError(f"--shard must look like I/N (e.g. 0/4), got {shard!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise InputError(f"--shard {shard}: need 0 <= I < N")
-    return i, n
-
-
 OVERWRITE_WAIT_S = 600.0
-
-
-def worker_device(device: str, env: dict[str, str] | None = None) -> str:
-    """Under torchrun, a bare ``cuda`` means this process's GPU: ``cuda:LOCAL_RANK``."""
-    env = os.environ if env is None else env
-    if device == "cuda" and "LOCAL_RANK" in env:
-        return f"cuda:{int(env['LOCAL_RANK'])}"
-    return device
 
 
 def _open_or_create(
@@ -230,7 +213,7 @@ def _make_backend(cfg: ProposeConfig) -> ProposalBackend:
     return get_backend(
         cfg.backend,
         num_proposals=cfg.proposals_per_point,
-        device=worker_device(cfg.device),
+        device=str(resolve_device(cfg.device)),
         model=cfg.model,
         checkpoint=str(cfg.checkpoint) if cfg.checkpoint else None,
         batch_points=cfg.batch_points,
@@ -271,28 +254,21 @@ def _already_done(cfg: ProposeConfig, shard: tuple[int, int], t0: float) -> Prop
     return summary
 
 
-def run_propose(cfg: ProposeConfig) -> ProposeSummary:
-    """Fill ``cfg.store`` with proposals for the points of this process's shard.
-
-    With ``cfg.devices`` (e.g. ``["cuda:0", "cuda:1"]``) one worker process per device is started through
-    ``torch.multiprocessing`` and each takes shard ``i/len(devices)``; the summaries are combined.
-    """
-    if cfg.devices:
-        return _run_multi_device(cfg)
-    t0 = time.time()
-    shard, num_shards = parse_shard(cfg.shard)
+def _check_options(cfg: ProposeConfig) -> None:
+    """Option values, the images folder and the annotations file exist (InputError if not)."""
     if cfg.proposals_per_point < 1:
         raise InputError("--proposals-per-point must be >= 1")
     if cfg.batch_points < 1:
         raise InputError("--batch-points must be >= 1")
-    images_dir = Path(cfg.images)
-    if not images_dir.is_dir():
-        raise InputError(f"--images {images_dir} is not a directory")
+    if not Path(cfg.images).is_dir():
+        raise InputError(f"--images {cfg.images} is not a directory")
     if not Path(cfg.annotations).is_file():
         raise InputError(f"annotations file not found: {cfg.annotations}")
-    done_already = _already_done(cfg, (shard, num_shards), t0)
-    if done_already is not None:
-        return done_already
+
+
+def _load_inputs(cfg: ProposeConfig) -> PointSet:
+    """The points, checked, and the presence of their images (InputError if bad)."""
+    images_dir = Path(cfg.images)
     points = load_points(cfg.annotations, on_error=cfg.on_error)
     # One bincount, not a scan of every point per image (O(I * P): minutes at COCO scale).
     per_image = np.bincount(points.image_index, minlength=len(points.images))
@@ -305,6 +281,28 @@ def run_propose(cfg: ProposeConfig) -> ProposeSummary:
             + (" ..." if len(missing) > 10 else "")
             + " (use --on-error skip to record them as failed and go on)"
         )
+    return points
+
+
+def run_propose(cfg: ProposeConfig) -> ProposeSummary:
+    """Fill ``cfg.store`` with proposals for the points of this process's shard.
+
+    With ``cfg.devices`` (e.g. ``"0,1"`` or ``["cuda:0", "cuda:1"]``) one worker process per device is started
+    and each takes shard ``i/len(devices)``; the summaries are combined. Inputs and devices are checked before
+    any worker starts, and a worker's error is raised here with its own type and exit code.
+    """
+    check_parallel_options(cfg.devices, cfg.shard)
+    if cfg.devices:
+        return _run_multi_device(cfg)
+    t0 = time.time()
+    shard, num_shards = shard_of(cfg.shard)
+    resolve_device(cfg.device)  # an unavailable device stops here, before any work
+    _check_options(cfg)
+    images_dir = Path(cfg.images)
+    done_already = _already_done(cfg, (shard, num_shards), t0)
+    if done_already is not None:
+        return done_already
+    points = _load_inputs(cfg)
 
     backend = _make_backend(cfg)
     store = _open_or_create(cfg, points, backend, (shard, num_shards))
@@ -348,28 +346,20 @@ def run_propose(cfg: ProposeConfig) -> ProposeSummary:
     return summary
 
 
-def _worker(rank: int, cfg_dict: dict[str, Any], devices: list[str], queue: Any) -> None:
-    cfg = ProposeConfig(**cfg_dict)
+def _worker(rank: int, cfg: ProposeConfig, devices: list[str]) -> dict[str, Any]:
     cfg = dataclasses.replace(
         cfg, devices=None, device=devices[rank], shard=f"{rank}/{len(devices)}", progress=rank == 0
     )
-    summary = run_propose(cfg)
-    queue.put(dataclasses.asdict(summary))
+    return dataclasses.asdict(run_propose(cfg))
 
 
 def _run_multi_device(cfg: ProposeConfig) -> ProposeSummary:
-    import torch.multiprocessing as mp
-
-    devices = list(cfg.devices or [])
-    fields = {f.name for f in dataclasses.fields(ProposeConfig)}
-    cfg_dict = {k: v for k, v in dataclasses.asdict(cfg).items() if k in fields}
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
+    devices = parse_devices(cfg.devices or [])
+    resolve_devices(devices)
+    _check_options(cfg)
+    _load_inputs(cfg)
     t0 = time.time()
-    mp.start_processes(
-        _worker, args=(cfg_dict, devices, queue), nprocs=len(devices), start_method="spawn"
-    )
-    parts = [queue.get() for _ in devices]
+    parts = spawn_workers(_worker, (cfg, devices), len(devices))
     total = ProposeSummary(store=Path(cfg.store), shard=(0, 1))
     for part in parts:
         total.images_done += part["images_done"]

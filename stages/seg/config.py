@@ -6,14 +6,13 @@ applied last and win over everything. See :func:`stages.seg.d2.train.train_seg`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.common.devices import normalize_device
 from stages.common.errors import InputError
 
 BACKBONES = ("R50", "R101")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -34,7 +33,8 @@ class TrainSegConfig:
         aux_masks: SAPNet MPS auxiliary Dice targets (``MODEL.SOLOV2.USE_AUX_MASKS``).
     Execution:
         num_gpus (per machine), num_machines, machine_rank, dist_url: detectron2 ``launch``; ignored under
-        torchrun (``RANK``/``WORLD_SIZE`` set). device: "cpu" or "cuda" (default: cuda if available).
+        torchrun (``RANK``/``WORLD_SIZE`` set). device: auto | cpu | cuda | cuda:N (None = auto: cuda when
+        available; see :mod:`stages.common.devices`).
         resume: continue from ``out_dir/last_checkpoint``. eval_only: evaluate ``checkpoint`` (default
         ``out_dir/model_final.pth``) on the val set without training.
     """
@@ -78,8 +78,7 @@ class TrainSegConfig:
         """Check values and that the input paths exist; raises :class:`InputError` naming the option."""
         if self.backbone is not None and self.backbone not in BACKBONES:
             raise InputError(f"--backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.device is not None and self.device not in DEVICES:
-            raise InputError(f"--device must be one of {DEVICES}, got {self.device!r}")
+        normalize_device(self.device)
         for name in ("iters", "ims_per_batch", "min_size", "max_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -116,16 +115,3 @@ class TrainSegConfig:
     def resolved_checkpoint(self) -> Path:
         """The checkpoint ``--eval-only`` evaluates: ``checkpoint`` or ``out_dir/model_final.pth``."""
         return self.checkpoint if self.checkpoint is not None else self.out_dir / "model_final.pth"
-
-
-def torchrun_env() -> dict[str, int] | None:
-    """``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` when started by torchrun, else None."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    env = {
-        "rank": int(os.environ["RANK"]),
-        "world_size": int(os.environ["WORLD_SIZE"]),
-        "local_rank": int(os.environ.get("LOCAL_RANK", 0)),
-    }
-    env["local_world_size"] = int(os.environ.get("LOCAL_WORLD_SIZE", env["world_size"]))
-    return env

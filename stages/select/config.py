@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.config import apply_overrides, load_config_file
+from stages.common.devices import normalize_device
 from stages.common.errors import InputError
 
 BACKBONES = ("resnet50", "resnet18")
@@ -84,7 +85,7 @@ class SelectConfig:
     proposal, METHOD 13 #6) or "code" (stage-0 BMS, then the +-1 px match with fallback to proposal 5);
     ``num_negatives`` 500 background negatives per image; BMS ``bms_t1`` 0.6, ``bms_t2`` 0.3.
 
-    Run: ``device`` auto | cpu | cuda; ``seed``; ``num_workers`` data-loader processes; ``resume``;
+    Run: ``device`` auto | cpu | cuda | cuda:N (:mod:`stages.common.devices`); ``seed``; ``num_workers`` data-loader processes; ``resume``;
     ``checkpoint_interval`` extra checkpoint every N iterations (0: epochs and end only); ``progress`` tqdm bars.
     """
 
@@ -161,12 +162,12 @@ class SelectConfig:
             "backbone": BACKBONES,
             "pdg_mode": PDG_MODES,
             "ppg_base": PPG_BASES,
-            "device": ("auto", "cpu", "cuda"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
-            if not (value in allowed or (name == "device" and str(value).startswith("cuda:"))):
+            if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        normalize_device(self.device)
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,

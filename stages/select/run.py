@@ -8,16 +8,14 @@ Run directory (``--out``)::
     selector.pt            the trained selector (weights + categories + architecture), for --predict-only
     selections.npz/.json   per-object selections (``stages.common.selections``)
 
-Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised here (nccl on CUDA,
-gloo on CPU), each rank trains on its shard of the images inside DDP, prediction is sharded and gathered on
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised through
+:mod:`stages.common.devices` (nccl on CUDA, gloo on CPU), each rank trains on its shard of the images inside DDP, prediction is sharded and gathered on
 rank 0, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from stages.common.config import config_to_dict, save_resolved_config
+from stages.common.devices import DistInfo, dist_info, process_group, resolve_device
 from stages.common.errors import InputError, TrainingError
 from stages.common.selections import Selections, save_selections, store_identity
 from stages.select.config import SelectConfig
@@ -36,7 +35,7 @@ from stages.select.data import SelectDataset, StoreArrays, load_store_arrays
 from stages.select.forward import MethodOptions
 from stages.select.model import SelectorNet, build_model
 from stages.select.predict import predict_store
-from stages.select.train import DistInfo, load_checkpoint, train_selector
+from stages.select.train import load_checkpoint, train_selector
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 10
@@ -96,41 +95,6 @@ def check_images(arrays: StoreArrays, images_dir: Path, image_indices: np.ndarra
         )
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``auto`` -> cuda when available; ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(
-                "--device cuda was asked for but CUDA is not available; use --device cpu"
-            )
-        if name == "cuda":
-            name = f"cuda:{info.local_rank if info.world_size > 1 else torch.cuda.current_device()}"
-    return torch.device(name)
-
-
-def init_distributed(device_name: str) -> tuple[DistInfo, bool]:
-    """Initialise torch.distributed from the torchrun environment; returns (info, whether we initialised)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(
-        rank=int(os.environ.get("RANK", "0")),
-        world_size=world,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
-    if world <= 1 or dist.is_initialized():
-        return info, False
-    use_cuda = device_name.startswith("cuda") or (
-        device_name == "auto" and torch.cuda.is_available()
-    )
-    if use_cuda:
-        torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(
-        backend="nccl" if use_cuda else "gloo", timeout=_dt.timedelta(minutes=60)
-    )
-    return info, True
-
-
 def load_selector(path: str | Path, categories: list[dict]) -> tuple[SelectorNet, dict[str, Any]]:
     """Rebuild the selector of a selector.pt / last.pt; TrainingError if its classes differ from the store."""
     ckpt = load_checkpoint(path)
@@ -146,87 +110,82 @@ def load_selector(path: str | Path, categories: list[dict]) -> tuple[SelectorNet
 
 def run_select(cfg: SelectConfig) -> SelectResult:
     """Run `sapnet select` end to end (see the module docstring); returns a summary."""
-    from stages.propose.store import ProposalStore
-
     t0 = time.perf_counter()
     cfg.validate()
-    info, owns_group = init_distributed(cfg.device)
-    try:
-        store = ProposalStore.open(cfg.store)
-        store.require_complete()
-        categories = list(store.attrs["categories"])
-        arrays = load_store_arrays(store)
-        images = arrays.trainable_images()
-        run_dir = Path(cfg.out)
-        check_images(arrays, Path(cfg.images), images)
-        device = resolve_device(cfg.device, info)
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_resolved_config(
-                cfg,
-                run_dir / "config.yaml",
-                store=store_identity(store),
-                world_size=info.world_size,
-                lr_used=cfg.base_lr(info.world_size),
-                device=str(device),
-            )
-        if len(images) == 0:
-            raise InputError(
-                f"proposal store {store.path} has no object with proposals to train on"
-            )
-        opts = MethodOptions.from_config(cfg)
-        train = None
-        if cfg.predict_only:
-            net, ckpt = load_selector(cfg.checkpoint, categories)
-            iterations = int(ckpt.get("iteration", 0))
-        else:
-            torch.manual_seed(cfg.seed)
-            net = build_model(
-                len(categories), cfg.backbone, cfg.weights, cfg.fpn_channels, cfg.fc_dim
-            )
-            train_set = SelectDataset(
-                arrays, cfg.images, cfg.short_side, cfg.max_size, cfg.flip, cfg.seed
-            )
-            train = train_selector(net, cfg, train_set, images, run_dir, categories, device, info)
-            net, iterations = train.net, train.iterations
-        test_set = SelectDataset(arrays, cfg.images, cfg.short_side, cfg.max_size, 0.0, cfg.seed)
-        preds = predict_store(
-            net, arrays, test_set, images, opts, device, cfg.batch_size, cfg.num_workers,
-            info.rank, info.world_size, cfg.progress,
-        )  # fmt: skip
-        selections_path = None
-        if info.is_main and preds is not None:
-            sel = Selections(
-                ann_id=store.objects.ann_id.astype(np.int64),
-                **{k: getattr(preds, k) for k in preds.__dataclass_fields__},
-                meta={
-                    "store": store_identity(store),
-                    "config": config_to_dict(cfg),
-                    "flags": cfg.flags(),
-                    "selector": str(
-                        cfg.checkpoint if cfg.predict_only else run_dir / "selector.pt"
-                    ),
-                    "iterations": iterations,
-                    "failed_objects": [int(a) for a in store.objects.ann_id[~arrays.usable]],
-                    "categories": categories,
-                },
-            )
-            selections_path = save_selections(sel, run_dir)
-        if info.active:
-            dist.barrier()
-        return SelectResult(
-            run_dir=run_dir,
-            selections=selections_path,
-            selector=Path(cfg.checkpoint) if cfg.predict_only else run_dir / "selector.pt",
-            num_images=len(images),
-            num_objects=int(arrays.usable.sum()),
-            num_failed_objects=int((~arrays.usable).sum()),
-            iterations=iterations,
-            seconds=time.perf_counter() - t0,
-            last_losses=train.last_losses if train else {},
-            images_per_second=train.images_per_second if train else 0.0,
-            resumed_from=train.resumed_from if train else None,
+    info = dist_info()
+    device = resolve_device(cfg.device, info)
+    with process_group(device, info):
+        return _run(cfg, info, device, t0)
+
+
+def _run(cfg: SelectConfig, info: DistInfo, device: torch.device, t0: float) -> SelectResult:
+    from stages.propose.store import ProposalStore
+
+    store = ProposalStore.open(cfg.store)
+    store.require_complete()
+    categories = list(store.attrs["categories"])
+    arrays = load_store_arrays(store)
+    images = arrays.trainable_images()
+    run_dir = Path(cfg.out)
+    check_images(arrays, Path(cfg.images), images)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(
+            cfg,
+            run_dir / "config.yaml",
+            store=store_identity(store),
+            world_size=info.world_size,
+            lr_used=cfg.base_lr(info.world_size),
+            device=str(device),
         )
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
+    if len(images) == 0:
+        raise InputError(f"proposal store {store.path} has no object with proposals to train on")
+    opts = MethodOptions.from_config(cfg)
+    train = None
+    if cfg.predict_only:
+        net, ckpt = load_selector(cfg.checkpoint, categories)
+        iterations = int(ckpt.get("iteration", 0))
+    else:
+        torch.manual_seed(cfg.seed)
+        net = build_model(len(categories), cfg.backbone, cfg.weights, cfg.fpn_channels, cfg.fc_dim)
+        train_set = SelectDataset(
+            arrays, cfg.images, cfg.short_side, cfg.max_size, cfg.flip, cfg.seed
+        )
+        train = train_selector(net, cfg, train_set, images, run_dir, categories, device, info)
+        net, iterations = train.net, train.iterations
+    test_set = SelectDataset(arrays, cfg.images, cfg.short_side, cfg.max_size, 0.0, cfg.seed)
+    preds = predict_store(
+        net, arrays, test_set, images, opts, device, cfg.batch_size, cfg.num_workers,
+        info.rank, info.world_size, cfg.progress,
+    )  # fmt: skip
+    selections_path = None
+    if info.is_main and preds is not None:
+        sel = Selections(
+            ann_id=store.objects.ann_id.astype(np.int64),
+            **{k: getattr(preds, k) for k in preds.__dataclass_fields__},
+            meta={
+                "store": store_identity(store),
+                "config": config_to_dict(cfg),
+                "flags": cfg.flags(),
+                "selector": str(cfg.checkpoint if cfg.predict_only else run_dir / "selector.pt"),
+                "iterations": iterations,
+                "failed_objects": [int(a) for a in store.objects.ann_id[~arrays.usable]],
+                "categories": categories,
+            },
+        )
+        selections_path = save_selections(sel, run_dir)
+    if info.active:
+        dist.barrier()
+    return SelectResult(
+        run_dir=run_dir,
+        selections=selections_path,
+        selector=Path(cfg.checkpoint) if cfg.predict_only else run_dir / "selector.pt",
+        num_images=len(images),
+        num_objects=int(arrays.usable.sum()),
+        num_failed_objects=int((~arrays.usable).sum()),
+        iterations=iterations,
+        seconds=time.perf_counter() - t0,
+        last_losses=train.last_losses if train else {},
+        images_per_second=train.images_per_second if train else 0.0,
+        resumed_from=train.resumed_from if train else None,
+    )

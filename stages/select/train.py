@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from stages import __version__
 from stages.common.config import config_to_dict
+from stages.common.devices import DistInfo
 from stages.common.errors import TrainingError
 from stages.common.io import atomic_write_bytes
 from stages.select.config import SelectConfig
@@ -54,23 +55,6 @@ RESUME_KEYS = (
     "max_size", "flip", "use_pdg", "use_prm", "use_ppg", "use_npg", "pdg_mode", "pdg_power",
     "pdg_distance_power", "ppg_base", "num_negatives", "warmup_iters", "warmup_ratio", "lr_steps",
 )  # fmt: skip
-
-
-@dataclass
-class DistInfo:
-    """Where this process stands in a (possibly single-process) run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
 
 @dataclass

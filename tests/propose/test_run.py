@@ -14,7 +14,7 @@ import pytest
 
 from sapnet_cli.app import main
 from stages.common.errors import InputError
-from stages.propose.run import ProposeConfig, parse_shard, run_propose, worker_device
+from stages.propose.run import ProposeConfig, run_propose
 from stages.propose.store import ProposalStore
 from tests.conftest import FAKE_BACKEND, REPO, edit_json
 
@@ -148,20 +148,11 @@ def test_devices_start_one_worker_per_device(coco4, points4):
     _assert_same(_snapshot(reference), _snapshot(store))
 
 
-def test_torchrun_local_rank_picks_the_gpu():
-    assert worker_device("cuda", {"LOCAL_RANK": "3"}) == "cuda:3"
-    assert worker_device("cuda:1", {"LOCAL_RANK": "3"}) == "cuda:1"
-    assert worker_device("cuda", {}) == "cuda"
-    assert worker_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
-
-
-def test_shard_parsing_and_torchrun_environment():
-    assert parse_shard("1/4") == (1, 4)
-    assert parse_shard(None, {"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
-    assert parse_shard(None, {}) == (0, 1)
-    for bad in ("4/4", "x", "1/0", "-1/2"):
-        with pytest.raises(InputError):
-            parse_shard(bad)
+def test_devices_and_shard_together_are_refused(coco4, points4):
+    store = coco4["root"] / "s.zarr"
+    with pytest.raises(InputError, match="--devices cpu,cpu and --shard 0/2 contradict"):
+        run_propose(_cfg(points4, coco4["images"], store, devices="cpu,cpu", shard="0/2"))
+    assert not store.exists()
 
 
 def test_store_from_other_inputs_is_refused_unless_overwrite(coco4, points4):

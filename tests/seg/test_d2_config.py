@@ -162,19 +162,6 @@ def test_bad_overrides_are_input_errors(tmp_path: Path) -> None:
         _config(tmp_path, eval_only=True).validate()
 
 
-def test_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages.seg.config import torchrun_env
-
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    assert torchrun_env() is None
-    monkeypatch.setenv("RANK", "5")
-    monkeypatch.setenv("WORLD_SIZE", "8")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert torchrun_env() == {"rank": 5, "world_size": 8, "local_rank": 1, "local_world_size": 4}
-
-
 def test_multi_process_on_cpu_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stages.seg.d2.train import train_seg
 

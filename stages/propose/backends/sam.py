@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import image_encoder as sam_image_encoder
 
+from stages.common.devices import resolve_device
 from stages.common.errors import DependencyError, InputError
 from stages.propose.backends.base import ProposalBatch, check_inputs
 from stages.propose.backends.checkpoints import resolve_checkpoint
@@ -144,28 +145,6 @@ def load_sam(model: str, checkpoint: str | Any) -> torch.nn.Module:
             f"SAM checkpoint {checkpoint} is not a {model} state dict: {type(e).__name__}: {e}"
         ) from e
     return sam.eval()
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Parse ``cpu`` | ``cuda`` | ``cuda:N``; DependencyError when CUDA is asked for but unusable."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}; use cpu, cuda or cuda:N") from e
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise DependencyError(
-            f"device {device!r} was requested but CUDA is not available to torch {torch.__version__} "
-            f"(CUDA build {torch.version.cuda}); use --device cpu, or check the GPU driver"
-        )
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DependencyError(
-            f"device {device!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-        )
-    return dev
 
 
 def _sdpa_attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:

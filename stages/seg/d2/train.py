@@ -8,7 +8,8 @@ detectron2's ``coco_instances_results.json``.
 
 Processes: ``num_gpus x num_machines > 1`` uses detectron2's ``launch`` (it spawns one process per GPU);
 under torchrun (``RANK``/``WORLD_SIZE`` set) the process group is initialised from the environment instead
-(``init_method="env://"`` plus detectron2's per-machine group). Multi-process runs need CUDA.
+(:func:`stages.common.devices.process_group`, plus detectron2's per-machine group). Multi-process runs need
+CUDA; the device follows :mod:`stages.common.devices` (default: cuda when available).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 
 import torch
 
-from stages.common.errors import DependencyError, InputError, TrainingError
-from stages.seg.config import TrainSegConfig, torchrun_env
+from stages.common.devices import DistInfo, dist_info, process_group, require_gpus, resolve_device
+from stages.common.errors import InputError, TrainingError
+from stages.seg.config import TrainSegConfig
 from stages.seg.d2 import compat
 
 compat.apply()
@@ -92,11 +94,16 @@ class Trainer(DefaultTrainer):
 
 
 def build_cfg(
-    config: TrainSegConfig, num_classes: int, has_val: bool, weights: str | None = None
+    config: TrainSegConfig,
+    num_classes: int,
+    has_val: bool,
+    weights: str | None = None,
+    device: str | None = None,
 ) -> CfgNode:
     """The frozen detectron2 config: sapnet defaults < ``--config`` YAML < explicit options < ``--opts``.
 
     ``num_classes``, the dataset names, ``OUTPUT_DIR`` and (when given) ``weights`` are set last.
+    ``MODEL.DEVICE`` is ``device``, else ``config.device`` resolved by :mod:`stages.common.devices`.
 
     Raises:
         InputError: unreadable YAML, unknown keys in ``--opts``, or values the SOLOv2 head rejects.
@@ -121,7 +128,7 @@ def build_cfg(
     if config.max_size is not None:
         cfg.INPUT.MAX_SIZE_TRAIN = config.max_size
         cfg.INPUT.MAX_SIZE_TEST = config.max_size
-    cfg.MODEL.DEVICE = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg.MODEL.DEVICE = device if device is not None else str(resolve_device(config.device))
     if config.aux_masks is not None:
         cfg.MODEL.SOLOV2.USE_AUX_MASKS = bool(config.aux_masks)
     if config.opts:
@@ -240,16 +247,15 @@ def _create_local_process_group(local_world_size: int) -> None:
             comm._LOCAL_PROCESS_GROUP = group
 
 
-def _init_from_torchrun(env: dict[str, int], device: str) -> None:
-    import torch.distributed as dist
-
-    if env["world_size"] <= 1 or dist.is_initialized():
-        return
-    if device == "cuda":
-        torch.cuda.set_device(env["local_rank"])
-    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", init_method="env://")
-    _create_local_process_group(env["local_world_size"])
-    comm.synchronize()
+def _torchrun_worker(
+    cfg: CfgNode, config: TrainSegConfig, info: DistInfo, device: torch.device
+) -> None:
+    """This process's part of a torchrun run (a single process when ``WORLD_SIZE`` is 1)."""
+    with process_group(device, info) as initialised:
+        if initialised:
+            _create_local_process_group(info.local_world_size)
+            comm.synchronize()
+        _worker(cfg, config)
 
 
 def _iterations_done(metrics: Path) -> int | None:
@@ -298,36 +304,42 @@ def train_seg(config: TrainSegConfig) -> dict[str, Any]:
 
     Raises:
         InputError: bad options or input files (checked before any model is built).
-        DependencyError: detectron2 missing or unusable.
+        DependencyError: detectron2 missing or unusable; DeviceUnavailableError (a DependencyError) for a
+            CUDA device or GPU count this machine lacks.
         TrainingError: non-finite loss, out of memory, a worker process failed.
     """
     config.validate()
     if config.eval_only and not config.resolved_checkpoint().is_file():
         raise InputError(f"--eval-only: checkpoint {config.resolved_checkpoint()} does not exist")
-    env = torchrun_env()
-    world = env["world_size"] if env else config.num_gpus * config.num_machines
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if world > 1 and device != "cuda":
+    info = dist_info()
+    world = info.world_size if info.torchrun else config.num_gpus * config.num_machines
+    device = resolve_device(config.device, info)
+    if world > 1 and device.type != "cuda":
         raise InputError(
             f"{world} processes requested but device is {device}: multi-process training needs CUDA"
         )
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DependencyError("--device cuda requested but torch sees no CUDA device")
+    if not info.torchrun and config.num_gpus > 1:
+        require_gpus(config.num_gpus)
+    # detectron2's launch and torchrun set each process's current GPU: a bare "cuda" then means that one.
+    d2_device = device.type if world > 1 else str(device)
     datasets = register_datasets(
         config.train_json, config.images, config.val_json, config.val_images, TRAIN_NAME, VAL_NAME
     )
     config.out_dir.mkdir(parents=True, exist_ok=True)
     weights = None
     if not config.eval_only:
-        preliminary = build_cfg(config, datasets["num_classes"], datasets["val"] is not None)
+        preliminary = build_cfg(
+            config, datasets["num_classes"], datasets["val"] is not None, device=d2_device
+        )
         requested = config.weights if config.weights is not None else preliminary.MODEL.WEIGHTS
         # Under torchrun only rank 0 writes a converted file; the others reach the checkpoint loading after
         # the process-group barrier, so the file is there by then.
-        is_main = env is None or env["rank"] == 0
         weights = resolve_weights(
-            requested, config.out_dir, preliminary.INPUT.FORMAT, write=is_main
+            requested, config.out_dir, preliminary.INPUT.FORMAT, write=info.is_main
         )
-    cfg = build_cfg(config, datasets["num_classes"], datasets["val"] is not None, weights)
+    cfg = build_cfg(
+        config, datasets["num_classes"], datasets["val"] is not None, weights, device=d2_device
+    )
     if int(cfg.SOLVER.IMS_PER_BATCH) % world:
         raise InputError(
             f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes"
@@ -344,9 +356,8 @@ def train_seg(config: TrainSegConfig) -> dict[str, Any]:
         world,
     )
     try:
-        if env is not None:
-            _init_from_torchrun(env, device)
-            _worker(cfg, config)
+        if info.torchrun:
+            _torchrun_worker(cfg, config, info, device)
         else:
             launch(
                 _worker,
