@@ -33,6 +33,20 @@ def points4(coco4: dict[str, Path]) -> Path:
     return out
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped where torch sees no CUDA device (``make gpu-check`` runs them)."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (make gpu-check runs it on a GPU)")
+    for item in cuda_items:
+        item.add_marker(skip)
+
+
 def edit_json(path: Path, fn) -> None:
     """Load ``path``, let ``fn`` modify the document in place, write it back."""
     doc = json.loads(path.read_text())

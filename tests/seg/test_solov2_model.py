@@ -190,3 +190,27 @@ def test_overfits_two_small_images(one_thread) -> None:
     )
     assert loss.item() < 0.3 * first
     assert min(ious) > 0.7, ious  # the brief asks > 0.5; ~0.93 is reached (stride-4 masks)
+
+
+@pytest.mark.cuda
+def test_losses_and_gradients_on_cuda_match_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    images, targets = _blob_images()
+    model = SOLOv2(TinyFPN(32), SMALL)
+    gpu_model = copy.deepcopy(model).cuda()
+    cpu = model(images, targets)
+    gpu = gpu_model(images.cuda(), [t.to("cuda") for t in targets])
+    for key in cpu:
+        assert torch.allclose(gpu[key].cpu(), cpu[key], rtol=1e-3, atol=1e-4), key
+    (cpu["loss_ins"] + cpu["loss_cate"]).backward()
+    (gpu["loss_ins"] + gpu["loss_cate"]).backward()
+    for (name, p), q in zip(model.named_parameters(), gpu_model.parameters(), strict=True):
+        if p.grad is not None:
+            assert torch.allclose(q.grad.cpu(), p.grad, rtol=1e-2, atol=1e-4), name
+    with torch.autocast("cuda", dtype=torch.float16):  # the AMP path of train-seg
+        amp = gpu_model(images.cuda(), [t.to("cuda") for t in targets])
+    assert all(torch.isfinite(v) for v in amp.values())

@@ -164,7 +164,7 @@ def test_proposal_index_for_box() -> None:
     assert idx.tolist() == [1, 1, 0, 1] and idx.dtype == torch.long
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_bms_cuda_matches_cpu() -> None:
     sel, cands = _random_scene(200, seed=2)
     out = box_mining(sel.cuda(), cands.cuda())

@@ -224,7 +224,7 @@ def test_mil_5000_bags_fast() -> None:
     assert min(elapsed) < 1.0, elapsed
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_mil_cuda_matches_cpu() -> None:
     g = torch.Generator().manual_seed(0)
     cls, ins = torch.randn(7, 6, 81, generator=g), torch.randn(7, 6, 81, generator=g)

@@ -192,7 +192,7 @@ def test_pdg_5000_objects_fast() -> None:
     assert min(elapsed) < 0.5, elapsed
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_pdg_cuda_matches_cpu() -> None:
     boxes, points, labels, image_ids = _scene()
     w = pdg_weights(boxes, points, labels, image_ids)

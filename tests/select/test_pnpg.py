@@ -171,7 +171,7 @@ def test_ppg_many_objects_fast() -> None:
     assert out.shape == (n, 26, 4) and part.shape == (n, 4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_pnpg_cuda_matches_cpu() -> None:
     base = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 100.0, 100.0]])
     s_dis = torch.tensor([1.0, 0.7])
