@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= runs/reproduce
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser test test-slow lint format bench reproduce clean
+.PHONY: install browser test test-slow lint format bench gpu-check reproduce clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ format:
 
 bench:
 	$(BIN)/python benchmarks/run_all.py --out runs/bench
+
+# One CUDA GPU, offline, < 8 minutes: CUDA tests, speed targets, the chain on CUDA -> runs/gpu-check/summary.md.
+# SMOKE=1: the same script at toy sizes on CPU (the default test suite runs it too).
+gpu-check:
+	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu-check $(if $(SMOKE),--cpu-smoke)
 
 reproduce:
 	bash scripts/reproduce.sh $(OUT)
