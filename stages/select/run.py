@@ -9,8 +9,8 @@ Run directory (``--out``)::
     selections.npz/.json   per-object selections (``stages.common.selections``)
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised through
-:mod:`stages.common.devices` (nccl on CUDA, gloo on CPU), each rank trains on its shard of the images inside DDP, prediction is sharded and gathered on
-rank 0, and only rank 0 writes files.
+:mod:`stages.common.devices` (nccl on CUDA, gloo on CPU), each rank trains on its shard of the images inside
+DDP, prediction is sharded and gathered on rank 0, and only rank 0 writes files.
 """
 
 from __future__ import annotations
