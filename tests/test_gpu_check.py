@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.gpu_check import FAIL_ENV, ORDER, TITLES
 from tests.conftest import REPO
 
@@ -19,7 +21,7 @@ def _check(
     proc = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke", "--out", str(out), *args],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        capture_output=True, text=True, timeout=880,
+        capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     return proc, json.loads((out / "summary.json").read_text())
 
@@ -29,9 +31,10 @@ def _rows(doc: dict, section: str) -> dict[tuple[str, str], object]:
     return {(r["case"], r["metric"]): r["value"] for r in sec["rows"]}
 
 
+@pytest.mark.timeout(1900)
 def test_cpu_smoke_runs_every_section(tmp_path):
-    # Time boxes x3: the shared test machine can be far slower than a quiet one.
-    proc, doc = _check(tmp_path, "--box-scale", "3")
+    # About 90 s of CPU time; boxes x2 (up to 1700 s): a shared test machine can be far slower than a quiet one.
+    proc, doc = _check(tmp_path, "--box-scale", "2")
     status = {s["name"]: (s["status"], s["error"][-800:]) for s in doc["sections"]}
     assert [s["name"] for s in doc["sections"]] == list(ORDER)
     assert all(st == "ok" for st, _ in status.values()), status
