@@ -535,6 +535,10 @@ SECTIONS: dict[str, Callable[[Rows, bool, float], None]] = {
 
 def _run_one(name: str, args: argparse.Namespace) -> None:
     """Child process: run one section, appending rows to ``args.rows``."""
+    if args.parent_pid:  # a killed check leaves no section running
+        from stages.common.devices import die_with_parent
+
+        die_with_parent(args.parent_pid)
     if name in os.environ.get(FAIL_ENV, "").split(","):
         raise RuntimeError(f"{FAIL_ENV} asked section {name} to fail")
     if not args.cpu_smoke:
@@ -554,7 +558,8 @@ def run_section(name: str, args: argparse.Namespace, out: Path, box_s: float) ->
     rows_file = out / f"{name}.rows.jsonl"
     rows_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--rows", str(rows_file),
-           "--budget-s", f"{box_s:.0f}"] + (["--cpu-smoke"] if args.cpu_smoke else [])  # fmt: skip
+           "--budget-s", f"{box_s:.0f}", "--parent-pid", str(os.getpid())]  # fmt: skip
+    cmd += ["--cpu-smoke"] if args.cpu_smoke else []
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     log = out / f"{name}.log"
@@ -621,6 +626,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--section", help=argparse.SUPPRESS)
     ap.add_argument("--rows", help=argparse.SUPPRESS)
     ap.add_argument("--budget-s", type=float, default=60.0, help=argparse.SUPPRESS)
+    ap.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SECTIONS]
