@@ -7,6 +7,7 @@ parameters are the options. This module only wires them up, configures logging a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ from sapnet_cli.commands import (
 )
 from stages import __version__
 from stages.common.errors import SapnetError
+from stages.common.io import output_error
 
 try:  # typer >= 0.20 vendors its own click; older versions use the click package
     from typer._click.exceptions import ClickException as _VendoredClickException
@@ -91,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     except SapnetError as err:
         typer.secho(f"sapnet: error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(err.exit_code)
-    except typer.Abort:
+    except typer.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):  # click turns any EOFError into Abort: not a Ctrl-C
+            _unexpected(exc.__cause__)
         typer.secho("sapnet: aborted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
@@ -102,9 +106,28 @@ def main(argv: list[str] | None = None) -> None:
     except _CLICK_ERRORS as exc:  # usage errors (bad option values) in standalone_mode=False
         exc.show()
         sys.exit(exc.exit_code)
-    except Exception:
-        if os.environ.get("SAPNET_DEBUG"):
-            raise
-        logging.getLogger("sapnet").exception("unexpected error")
-        sys.exit(1)
+    except OSError as err:
+        if err.errno not in _OUTPUT_ERRNOS or err.filename is None:
+            _unexpected(err)
+        # A write that did not go through the atomic writer (a library's own file): still name the file.
+        out = output_error(err.filename, err, "file")
+        typer.secho(f"sapnet: error: {out}", err=True, fg=typer.colors.RED)
+        sys.exit(out.exit_code)
+    except Exception as err:
+        _unexpected(err)
     sys.exit(0)
+
+
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _unexpected(err: BaseException) -> None:
+    """Exit 1 for an unexpected error: one line without SAPNET_DEBUG, the traceback with it."""
+    if os.environ.get("SAPNET_DEBUG"):
+        raise err
+    logging.getLogger("sapnet").error(
+        "unexpected error: %s: %s (rerun with SAPNET_DEBUG=1 for the traceback)",
+        type(err).__name__,
+        err,
+    )
+    sys.exit(1)

@@ -46,3 +46,12 @@ class NotImplementedYet(SapnetError):
     """A stage whose implementation has not landed yet (exit 6); never a silent success."""
 
     exit_code = 6
+
+
+class OutputError(InputError):
+    """An output that cannot be written: read-only folder, disk full, ``--out`` of the wrong kind (exit 2).
+
+    The message names the output path and the reason; nothing half-written is left behind.
+    """
+
+    exit_code = 2

@@ -7,14 +7,17 @@ unless said otherwise; boxes are xyxy in original-image edge coordinates.
 
 from __future__ import annotations
 
+import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages.common.errors import StoreError
-from stages.common.io import atomic_write_bytes, atomic_write_json, load_json
+from stages.common.errors import InputError, StoreError
+from stages.common.io import atomic_write_many, json_default, load_json
 
 SELECTIONS_NPZ = "selections.npz"
 SELECTIONS_JSON = "selections.json"
@@ -81,8 +84,14 @@ def save_selections(sel: Selections, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     buf = io.BytesIO()
     np.savez_compressed(buf, **{name: getattr(sel, name) for name in ARRAYS})
-    atomic_write_bytes(run_dir / SELECTIONS_NPZ, buf.getvalue())
-    atomic_write_json(run_dir / SELECTIONS_JSON, {"num_objects": len(sel), **sel.meta}, indent=2)
+    meta = json.dumps({"num_objects": len(sel), **sel.meta}, indent=2, default=json_default)
+    # Both files or neither: a disk-full or permission error leaves the previous pair intact.
+    atomic_write_many(
+        [
+            (run_dir / SELECTIONS_NPZ, lambda fh: fh.write(buf.getvalue())),
+            (run_dir / SELECTIONS_JSON, lambda fh: fh.write(meta.encode("utf-8"))),
+        ]
+    )
     return run_dir / SELECTIONS_NPZ
 
 
@@ -94,12 +103,35 @@ def load_selections(run_dir: str | Path) -> Selections:
         raise StoreError(
             f"no selections in {run_dir} (expected {SELECTIONS_NPZ}; run `sapnet select` first)"
         )
-    meta = load_json(run_dir / SELECTIONS_JSON, "selections metadata")
+    json_path = run_dir / SELECTIONS_JSON
+    if not json_path.is_file():
+        raise StoreError(
+            f"selections metadata {json_path} is missing (the run directory is incomplete; "
+            "re-run `sapnet select`)"
+        )
     try:
-        with np.load(npz_path) as data:
+        meta = load_json(json_path, "selections metadata")
+    except InputError as err:
+        raise StoreError(f"{err} (re-run `sapnet select`)") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"selections metadata {json_path} is not a JSON object")
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in ARRAYS}
-    except (KeyError, ValueError, OSError) as err:
-        raise StoreError(f"selections file {npz_path} is broken: {err}") from None
+    except KeyError as err:
+        raise StoreError(f"selections file {npz_path} lacks the array {err}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise StoreError(
+            f"selections file {npz_path} is broken (truncated or not a .npz: {err}); "
+            "re-run `sapnet select`"
+        ) from None
+    n = len(arrays["ann_id"])
+    short = [name for name, a in arrays.items() if a.ndim == 0 or a.shape[0] != n]
+    if short:
+        raise StoreError(
+            f"selections file {npz_path} is inconsistent: {', '.join(short)} do not have "
+            f"{n} rows like ann_id"
+        )
     return Selections(**arrays, meta=meta)
 
 

@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 
 from stages.common.annotations import load_coco, parse_images
 from stages.common.errors import InputError
+from stages.common.masks import segmentation_problem
 
 MAX_LISTED = 5
 
@@ -114,6 +115,11 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     images = parse_images(doc, str(path))
     image_size = {im.image_id: (im.height, im.width) for im in images}
     anns = doc["annotations"]
+    not_obj = [i for i, a in enumerate(anns) if not isinstance(a, dict)]
+    if not_obj:
+        raise InputError(
+            f"ground-truth file {path}: annotations[{_listed(not_obj)}] are not objects"
+        )
     bad_image = [a.get("id") for a in anns if a.get("image_id") not in image_size]
     if bad_image:
         raise InputError(
@@ -129,6 +135,16 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     if missing:
         raise InputError(
             f"ground-truth file {path}: annotations[{_listed(missing)}] lack 'id' or 'category_id'"
+        )
+    bad_seg = []
+    for a in anns:
+        h, w = image_size[a["image_id"]]
+        why = segmentation_problem(a["segmentation"], h, w)
+        if why is not None:
+            bad_seg.append(f"annotation id {a['id']} (image id {a['image_id']}): {why}")
+    if bad_seg:
+        raise InputError(
+            f"ground-truth file {path}: {len(bad_seg)} malformed segmentation(s): {_listed(bad_seg)}"
         )
     coco = COCO()
     coco.dataset = doc

@@ -15,7 +15,8 @@ A plain COCO reader (pycocotools, detectron2 ``load_coco_json``) ignores the ext
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +24,15 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from stages.common.errors import InputError
-from stages.common.io import _json_default, atomic_write, atomic_write_json, load_json
+from stages.common.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_many,
+    json_default,
+    json_writer,
+    load_json,
+)
+from stages.common.masks import segmentation_problem
 from stages.export.config import AUX_WEIGHT
 from stages.export.gt import rle_area, xywh_to_xyxy
 from stages.export.report import PredSet
@@ -100,26 +109,62 @@ def write_pseudo_json(
     ``json.dump`` to a file falls back to the pure-Python encoder, ~10x slower). The output is the same compact
     JSON as :func:`write_json_atomic` of the whole document. Returns the number of annotations written.
     """
+    counter = [0]
+    atomic_write(path, pseudo_json_writer(header, annotation_chunks, counter))
+    return counter[0]
+
+
+def write_pseudo_jsons(
+    items: list[tuple[Path, dict[str, Any], Iterable[list[dict[str, Any]]]]],
+) -> list[int]:
+    """Several pseudo-label files (``(path, header, annotation_chunks)``) as one unit: all or none.
+
+    Every file is streamed to its temporary before the first rename (:func:`stages.common.io.atomic_write_many`),
+    so a full disk or a kill while writing the second selector's file never leaves a mix of old and new files.
+    Returns the number of annotations written per file.
+    """
+    counters = [[0] for _ in items]
+    atomic_write_many(
+        [
+            (Path(path), pseudo_json_writer(header, chunks, counter))
+            for (path, header, chunks), counter in zip(items, counters, strict=True)
+        ]
+    )
+    return [c[0] for c in counters]
+
+
+def pseudo_json_writer(
+    header: dict[str, Any],
+    annotation_chunks: Iterable[list[dict[str, Any]]],
+    counter: list[int] | None = None,
+) -> Callable[[IO[bytes]], None]:
+    """A ``write(fh)`` streaming ``{**header, "annotations": [...]}`` (``counter[0]``: annotations written)."""
     if "annotations" in header:
         raise ValueError("header must not hold 'annotations' (they come from annotation_chunks)")
-    head = json.dumps(header, separators=(",", ":"), default=_json_default)
-    written = 0
+    head = json.dumps(header, separators=(",", ":"), default=json_default)
+    counter = counter if counter is not None else [0]
 
     def write(fh: IO[bytes]) -> None:
-        nonlocal written
         fh.write((head[:-1] + ("," if header else "") + '"annotations":[').encode("utf-8"))
         for chunk in annotation_chunks:
             if not chunk:
                 continue
             text = ",".join(
-                json.dumps(a, separators=(",", ":"), default=_json_default) for a in chunk
+                json.dumps(a, separators=(",", ":"), default=json_default) for a in chunk
             )
-            fh.write((("," if written else "") + text).encode("utf-8"))
-            written += len(chunk)
+            fh.write((("," if counter[0] else "") + text).encode("utf-8"))
+            counter[0] += len(chunk)
         fh.write(b"]}")
 
-    atomic_write(path, write)
-    return written
+    return write
+
+
+def write_json_files_atomic(docs: dict[Path, Any]) -> None:
+    """Stream several documents as compact JSON into their paths as one unit: all files or none.
+
+    See :func:`stages.common.io.atomic_write_many`.
+    """
+    atomic_write_many([(Path(path), json_writer(doc, compact=True)) for path, doc in docs.items()])
 
 
 def _segmentation_rle(seg: Any, size: tuple[int, int]) -> dict[str, Any]:
@@ -134,8 +179,30 @@ def _segmentation_rle(seg: Any, size: tuple[int, int]) -> dict[str, Any]:
     raise ValueError(f"unsupported segmentation of type {type(seg).__name__}")
 
 
+def _score(rec: dict[str, Any], path: Path, i: int) -> float:
+    value = rec.get("score", 1.0)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        score = float(value)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"predictions file {path}: record {i}{_id_of(rec)} has score {value!r}, expected a number"
+        ) from None
+    if not math.isfinite(score):
+        raise InputError(f"predictions file {path}: record {i}{_id_of(rec)} has score {value!r}")
+    return score
+
+
+def _id_of(rec: dict[str, Any]) -> str:
+    return f" (annotation id {rec['id']})" if "id" in rec else ""
+
+
 def load_predictions(
-    path: str | Path, image_size: dict[int, tuple[int, int]], name: str | None = None
+    path: str | Path,
+    image_size: dict[int, tuple[int, int]],
+    name: str | None = None,
+    category_ids: set[int] | None = None,
 ) -> tuple[PredSet, dict[str, Any] | None]:
     """Read a COCO instances file (with ``annotations``) or a COCO results list as a :class:`PredSet`.
 
@@ -170,6 +237,20 @@ def load_predictions(
             raise InputError(
                 f"predictions file {path}: record {i} has neither segmentation nor bbox"
             )
+        if category_ids is not None and rec["category_id"] not in category_ids:
+            raise InputError(
+                f"predictions file {path}: record {i}{_id_of(rec)} has category id "
+                f"{rec['category_id']}, which is not a category of the ground truth"
+            )
+        if rec.get("segmentation"):
+            h, w = image_size[rec["image_id"]]
+            why = segmentation_problem(rec["segmentation"], h, w)
+            if why is not None:
+                raise InputError(
+                    f"predictions file {path}: record {i}{_id_of(rec)} on image id {rec['image_id']}: "
+                    f"{why}"
+                )
+    scores = [_score(r, path, i) for i, r in enumerate(records)]
     has_masks = all("segmentation" in r and r["segmentation"] for r in records)
     rles = None
     try:
@@ -191,7 +272,7 @@ def load_predictions(
         name=name,
         image_id=np.array([int(r["image_id"]) for r in records], dtype=np.int64),
         category_id=np.array([int(r["category_id"]) for r in records], dtype=np.int64),
-        score=np.array([float(r.get("score", 1.0)) for r in records], dtype=np.float64),
+        score=np.array(scores, dtype=np.float64),
         box=box.reshape(-1, 4),
         rles=rles,
         ann_id=np.array([int(r["id"]) for r in records], dtype=np.int64) if with_ids else None,

@@ -34,7 +34,7 @@ from stages.export.gt import (
     xywh_to_xyxy,
 )
 from stages.export.html_report import GalleryInputs, HtmlReport, write_html_report
-from stages.export.pseudo import build_annotations, load_predictions, rle_dicts, write_pseudo_json
+from stages.export.pseudo import build_annotations, load_predictions, rle_dicts, write_pseudo_jsons
 from stages.export.report import (
     PredSet,
     build_report,
@@ -196,6 +196,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     categories = _categories(store)
     outputs = output_paths(cfg.out, cfg.selectors)
     exported: dict[str, _Exported] = {}
+    pending: list[tuple[Path, dict[str, Any], Any]] = []
     for name in cfg.selectors:
         choice = run_selector(name, inputs, source=str(cfg.selections or store.path))
         aux_index = None
@@ -240,10 +241,13 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         if not spec.training_data:
             info["note"] = ORACLE_NOTE
         header = {"info": info, "images": images_json, "categories": categories}
-        n = write_pseudo_json(outputs[name], header, annotation_chunks())
-        log.info("wrote %d pseudo labels (%s) to %s", n, name, outputs[name])
+        pending.append((outputs[name], header, annotation_chunks()))
         score = np.array([round(float(v), 6) for v in choice.score.tolist()], dtype=np.float64)
         exported[name] = _Exported(chosen, score, np.asarray(choice.index, dtype=np.int64))
+    # All selectors' files or none: every temporary is written before the first rename, so a failure (disk
+    # full, permissions, kill -9) never leaves a mix of old and new pseudo-label files.
+    for (path, _, _), n in zip(pending, write_pseudo_jsons(pending), strict=True):
+        log.info("wrote %d pseudo labels to %s", n, path)
 
     result = ExportResult(outputs=outputs, num_objects=len(keep), skipped=skipped)
     if cfg.report is not None and gt is not None:
@@ -349,6 +353,11 @@ def _write_viz(
     return paths
 
 
+def _listed_ids(items: list[str], limit: int = 5) -> str:
+    more = f", ... ({len(items)} in all)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score a COCO instances file or results list against ``cfg.gt``; writes the report when asked.
 
@@ -356,7 +365,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     list gets AP only. An instances file is evaluated on its own images, a results list on all GT images.
     """
     gt = load_ground_truth(cfg.gt)
-    preds, doc = load_predictions(cfg.pred, gt.image_size)
+    preds, doc = load_predictions(
+        cfg.pred, gt.image_size, category_ids={int(c) for c in gt.coco.getCatIds()}
+    )
     source = f"predictions file {cfg.pred}"
     if doc is not None and doc.get("images"):
         ims = doc["images"]
@@ -382,10 +393,20 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         )
         if ok.all():
             gt_rows = rows
+        elif ok.any():
+            bad = [
+                f"id {int(a)} ({'not in the GT' if r < 0 else 'another image or class in the GT'})"
+                for a, r in zip(preds.ann_id[~ok].tolist(), rows[~ok].tolist(), strict=True)
+            ]
+            raise InputError(
+                f"{source}: {len(bad)} of {len(preds)} annotation ids do not match a GT annotation of "
+                f"the same image and class: {_listed_ids(bad)}. Per-object metrics need every id to "
+                "match; fix them, or drop the 'id' fields to get AP only"
+            )
         else:
             note = (
-                f"{int((~ok).sum())} of {len(preds)} annotation ids do not match a GT annotation of the "
-                "same image and class: per-object metrics skipped"
+                "no annotation id matches a GT annotation of the same image and class: "
+                "per-object metrics skipped"
             )
     else:
         note = "predictions carry no annotation ids matching the GT: per-object metrics skipped"

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from stages.common.io import atomic_write
+
 TITLE_HEIGHT = 22
 GT_COLOR = (255, 255, 255)
 
@@ -154,10 +156,9 @@ def choose_images(num_objects: np.ndarray, count: int) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:
-    """Write an ``(H, W, 3)`` uint8 array as PNG (parent folders created)."""
+    """Write an ``(H, W, 3)`` uint8 array as PNG, atomically (parent folders created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+    atomic_write(path, lambda fh: Image.fromarray(array).save(fh, format="PNG", compress_level=1))
     return path
 
 

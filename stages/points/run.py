@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ def sample_points_checked(
     """Sample one point per non-crowd annotation of ``coco`` inside its mask.
 
     Returns ``({annotation id: (x, y)}, problems)``; an annotation without a usable mask (no
-    ``segmentation``, unknown image, empty mask) becomes a Problem instead of a point.
+    ``segmentation``, unknown image, malformed polygon or RLE, empty mask) or that shares its id with another
+    annotation becomes a Problem naming the annotation id instead of a point.
     """
     if mode not in MODES:
         raise InputError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -64,11 +66,25 @@ def sample_points_checked(
     points: dict[int, tuple[float, float]] = {}
     problems: list[Problem] = []
     anns = coco["annotations"]
-    for ann in tqdm(anns, desc="points", unit="obj", disable=not progress):
+    uses = Counter(ann.get("id") for ann in anns if isinstance(ann, dict))
+    for order, ann in enumerate(tqdm(anns, desc="points", unit="obj", disable=not progress)):
+        if not isinstance(ann, dict):
+            problems.append(Problem(source, f"annotations[{order}] is not an object"))
+            continue
         ann_id, image_id = ann.get("id"), ann.get("image_id")
         if ann_id is None or image_id is None:
             problems.append(
                 Problem(source, "annotation missing 'id' or 'image_id'", ann_id, image_id)
+            )
+            continue
+        if uses[ann_id] > 1:  # ambiguous: no later stage could tell the objects apart
+            problems.append(
+                Problem(
+                    source,
+                    f"duplicate annotation id ({uses[ann_id]} annotations share it)",
+                    ann_id,
+                    image_id,
+                )
             )
             continue
         if int(ann.get("iscrowd", 0)) == 1:
@@ -121,7 +137,7 @@ def run_points(cfg: PointsConfig) -> PointsResult:
     out_anns = []
     num_crowd = 0
     for ann in coco["annotations"]:
-        if ann.get("id") in bad:
+        if not isinstance(ann, dict) or ann.get("id") in bad:
             continue
         ann = dict(ann)
         if int(ann.get("iscrowd", 0)) == 1:

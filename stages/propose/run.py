@@ -30,7 +30,7 @@ from stages.common.devices import (
     spawn_workers,
 )
 from stages.common.errors import InputError, StoreError
-from stages.common.io import read_image_rgb, sha256_file
+from stages.common.io import read_image_rgb, sha256_file, temp_name
 from stages.common.masks import encode_masks, masks_to_boxes
 from stages.propose.backends import ProposalBackend, get_backend
 from stages.propose.store import STATUS_DONE, STATUS_FAILED, ProposalStore, UnitResult
@@ -103,7 +103,7 @@ def _open_or_create(
     path = Path(cfg.store)
     deadline = time.time() + OVERWRITE_WAIT_S
     while (path / "zarr.json").is_file():
-        store = ProposalStore.open(path, mode="r+")
+        store = ProposalStore.open(path, mode="r")  # read-only until there is work to write
         if store.fingerprint == fingerprint:
             return store
         if not cfg.overwrite:
@@ -138,7 +138,7 @@ def _open_or_create(
 def _remove_store(path: Path) -> None:
     import shutil
 
-    trash = path.with_name(f".{path.name}.trash-{os.getpid()}")
+    trash = path.with_name(temp_name(path.name, "trash"))
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -180,7 +180,8 @@ def _propose_unit(
             if image.shape[:2] != (record.height, record.width):
                 raise InputError(
                     f"image file {images_dir / record.file_name} is {image.shape[1]}x{image.shape[0]} "
-                    f"but the annotations say {record.width}x{record.height} (image id {record.image_id})"
+                    f"but the annotations say {record.width}x{record.height} (image id {record.image_id}; "
+                    "sizes are those of the upright image, after its EXIF orientation)"
                 )
         except InputError as err:
             if on_error == "fail":
@@ -329,6 +330,8 @@ def run_propose(cfg: ProposeConfig) -> ProposeSummary:
             store.num_proposals,
             cfg.store,
         )
+    if todo or not store.is_finalized():
+        store = store.reopen_for_writing()
     with tqdm(
         total=store.count_images(todo),
         desc=f"propose {shard}/{num_shards}",

@@ -38,7 +38,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +49,7 @@ import zarr
 from stages import __version__
 from stages.common.annotations import PointSet
 from stages.common.errors import StoreError
+from stages.common.io import clean_stale_temps, ensure_dir, temp_name
 from stages.common.masks import decode_rles
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,9 @@ class ProposalStore:
         fingerprint).
         """
         path = Path(path)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent, "folder of the proposal store")
+        clean_stale_temps(path.parent, path.name)
+        tmp = path.parent / temp_name(path.name)
         try:
             cls._build(
                 tmp, points, backend_fingerprint, num_proposals, proposal_order, chunk_points
@@ -393,11 +394,29 @@ class ProposalStore:
         status[self.images.num_points == 0] = STATUS_EMPTY
         return status
 
-    def finalize(self) -> bool:
-        """Materialise ``images/status`` once every unit is done (idempotent); returns completeness."""
+    def is_finalized(self) -> bool:
+        """Whether the store is complete and ``images/status`` is already materialised (nothing to write)."""
         if not self.is_complete():
             return False
-        self.group["images/status"][:] = self.image_status()
+        return bool(np.array_equal(self.group["images/status"][:], self.image_status()))
+
+    def reopen_for_writing(self) -> ProposalStore:
+        """This store opened ``r+`` (a no-op when it already is)."""
+        if not self.group.read_only:
+            return self
+        return ProposalStore.open(self.path, mode="r+")
+
+    def finalize(self) -> bool:
+        """Materialise ``images/status`` once every unit is done; returns completeness.
+
+        Idempotent and write-free on a finalized store, so rerunning a finished command on a read-only copy
+        reports "nothing to do" instead of failing.
+        """
+        if not self.is_complete():
+            return False
+        status = self.image_status()
+        if not np.array_equal(self.group["images/status"][:], status):
+            self.group["images/status"][:] = status
         return True
 
     # ----------------------------------------------------------------- readers (compacted)

@@ -24,18 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 
 from stages.common.config import config_to_dict, save_resolved_config
 from stages.common.devices import DistInfo, dist_info, process_group, resolve_device
 from stages.common.errors import InputError, TrainingError
+from stages.common.io import check_output_path, ensure_dir, image_size
 from stages.common.selections import Selections, save_selections, store_identity
 from stages.select.config import SelectConfig
 from stages.select.data import SelectDataset, StoreArrays, load_store_arrays
 from stages.select.forward import MethodOptions
 from stages.select.model import SelectorNet, build_model
 from stages.select.predict import predict_store
-from stages.select.train import load_checkpoint, train_selector
+from stages.select.train import check_resume, load_checkpoint, train_selector
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 10
@@ -66,7 +66,7 @@ def _listed(names: list[str]) -> str:
 def check_images(arrays: StoreArrays, images_dir: Path, image_indices: np.ndarray) -> None:
     """InputError unless every image of ``image_indices`` exists in ``images_dir`` with the store's size.
 
-    Sizes are read from the file headers (no decoding).
+    Sizes are read from the file headers (no decoding), with the EXIF orientation applied.
     """
     if not images_dir.is_dir():
         raise InputError(f"--images {images_dir} is not a directory")
@@ -77,11 +77,7 @@ def check_images(arrays: StoreArrays, images_dir: Path, image_indices: np.ndarra
         if not path.is_file():
             missing.append(name)
             continue
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-        except Exception as err:  # PIL raises several types for broken files
-            raise InputError(f"image file {path} cannot be read: {err}") from None
+        h, w = image_size(path)  # upright size: EXIF orientation applied, as every stage reads it
         if (h, w) != (int(arrays.heights[i]), int(arrays.widths[i])):
             wrong.append(f"{name} is {w}x{h}, store says {arrays.widths[i]}x{arrays.heights[i]}")
     if missing:
@@ -127,23 +123,29 @@ def _run(cfg: SelectConfig, info: DistInfo, device: torch.device, t0: float) -> 
     arrays = load_store_arrays(store)
     images = arrays.trainable_images()
     run_dir = Path(cfg.out)
-    check_images(arrays, Path(cfg.images), images)
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_output_path(run_dir, "dir", "run directory (--out)")
+    check_images(arrays, Path(cfg.images), images)
+    if len(images) == 0:
+        raise InputError(f"proposal store {store.path} has no object with proposals to train on")
+    ident = store_identity(store)
+    loaded = load_selector(cfg.checkpoint, categories) if cfg.predict_only else None
+    if info.is_main:
+        ensure_dir(run_dir, "run directory (--out)")
+        if not cfg.predict_only:  # refuse a foreign or mismatched checkpoint: nothing written yet
+            check_resume(run_dir, cfg, categories, info.world_size, ident)
         save_resolved_config(
             cfg,
             run_dir / "config.yaml",
-            store=store_identity(store),
+            store=ident,
             world_size=info.world_size,
             lr_used=cfg.base_lr(info.world_size),
             device=str(device),
         )
-    if len(images) == 0:
-        raise InputError(f"proposal store {store.path} has no object with proposals to train on")
     opts = MethodOptions.from_config(cfg)
     train = None
-    if cfg.predict_only:
-        net, ckpt = load_selector(cfg.checkpoint, categories)
+    if loaded is not None:
+        net, ckpt = loaded
         iterations = int(ckpt.get("iteration", 0))
     else:
         torch.manual_seed(cfg.seed)
@@ -151,7 +153,9 @@ def _run(cfg: SelectConfig, info: DistInfo, device: torch.device, t0: float) -> 
         train_set = SelectDataset(
             arrays, cfg.images, cfg.short_side, cfg.max_size, cfg.flip, cfg.seed
         )
-        train = train_selector(net, cfg, train_set, images, run_dir, categories, device, info)
+        train = train_selector(
+            net, cfg, train_set, images, run_dir, categories, device, info, store=ident
+        )
         net, iterations = train.net, train.iterations
     test_set = SelectDataset(arrays, cfg.images, cfg.short_side, cfg.max_size, 0.0, cfg.seed)
     preds = predict_store(

@@ -32,7 +32,7 @@ from stages import __version__
 from stages.common.config import config_to_dict
 from stages.common.devices import DistInfo
 from stages.common.errors import TrainingError
-from stages.common.io import atomic_write_bytes
+from stages.common.io import atomic_write_bytes, ensure_dir
 from stages.select.config import SelectConfig
 from stages.select.data import (
     EpochBatchSampler,
@@ -140,9 +140,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# What ties a checkpoint to its proposal store (keys of ``stages.common.selections.store_identity``).
+STORE_KEYS = ("source_sha256", "created_at", "num_proposals", "num_points")
+
+
 def _check_resume(
-    ckpt: dict[str, Any], cfg: SelectConfig, categories: list[dict], world: int, path: Path
+    ckpt: dict[str, Any],
+    cfg: SelectConfig,
+    categories: list[dict],
+    world: int,
+    path: Path,
+    store: dict[str, Any] | None = None,
 ):
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(
+            f"cannot resume from {path}: it is a selector.pt, not a training checkpoint"
+        )
+    if store is not None:
+        made_from = ckpt.get("store")
+        if not isinstance(made_from, dict):
+            raise TrainingError(
+                f"cannot resume from {path}: it does not record which proposal store it was trained on "
+                "(written by an older sapnet); use a new --out directory to start over"
+            )
+        differs = [k for k in STORE_KEYS if made_from.get(k) != store.get(k)]
+        if differs:
+            raise TrainingError(
+                f"cannot resume from {path}: it was trained on another proposal store "
+                f"({made_from.get('path')}, differs in {', '.join(differs)}) than --store "
+                f"{store.get('path')}; use a new --out directory for this store"
+            )
     old = ckpt["config"]
     new = config_to_dict(cfg)
     diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
@@ -155,6 +182,32 @@ def _check_resume(
             f"cannot resume from {path}: these settings differ from the interrupted run: {', '.join(diff)}. "
             "Use the same options, or a new --out directory to start over."
         )
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    """Where `sapnet select` keeps its training checkpoint: ``RUN_DIR/checkpoints/last.pt``."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def check_resume(
+    run_dir: Path,
+    cfg: SelectConfig,
+    categories: list[dict],
+    world: int,
+    store: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The checkpoint ``--resume`` would continue from, verified; None without ``--resume`` or checkpoint.
+
+    Raises TrainingError when the checkpoint cannot be read, was trained on another store or with other
+    settings. `run_select` calls it before writing anything into the run directory, so a refused resume
+    leaves ``config.yaml`` and the selections as they were.
+    """
+    path = checkpoint_path(run_dir)
+    if not cfg.resume or not path.is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    _check_resume(ckpt, cfg, categories, world, path, store)
+    return ckpt
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -174,7 +227,7 @@ class MetricsLog:
         self.enabled = enabled
         if not enabled:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent, "run directory")
         kept: list[str] = []
         if keep_until is not None and path.is_file():
             for line in path.read_text().splitlines():
@@ -183,7 +236,7 @@ class MetricsLog:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-        path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -200,6 +253,7 @@ def train_selector(
     categories: list[dict],
     device: torch.device,
     info: DistInfo,
+    store: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``net`` in place on ``train_images`` (store image indices) and return it with a summary.
 
@@ -207,15 +261,14 @@ def train_selector(
     (rank 0). Raises TrainingError on a NaN/inf loss (naming the iteration; the last checkpoint is kept) and
     on running out of memory.
     """
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = checkpoint_path(run_dir)
     total, per_epoch = total_iterations(cfg, len(train_images), info.world_size)
     base_lr = cfg.base_lr(info.world_size)
     net.to(device)
     optimizer = build_optimizer(net, cfg)
     start_iter, epoch, start_batch, resumed = 0, 0, 0, None
-    if cfg.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resume(ckpt, cfg, categories, info.world_size, ckpt_path)
+    ckpt = check_resume(run_dir, cfg, categories, info.world_size, store)
+    if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"])
@@ -258,6 +311,7 @@ def train_selector(
                     "config": config_to_dict(cfg),
                     "categories": categories,
                     "world_size": info.world_size,
+                    "store": store,
                     "num_classes": net.num_classes,
                     "backbone": cfg.backbone,
                     "fpn_channels": cfg.fpn_channels,

@@ -16,6 +16,7 @@ from typing import Any
 
 from stages.common.errors import InputError
 from stages.common.json_stream import iter_top_level
+from stages.common.masks import segmentation_problem
 from stages.seg.d2 import compat
 from stages.seg.d2.compact import CompactCocoDataset
 
@@ -55,8 +56,19 @@ def _check_rle_size(path: Path, ann_id: Any, what: str, seg: Any, hw: tuple[int,
         )
 
 
+def _check_mask(path: Path, ann_id: Any, what: str, seg: Any, hw: tuple[int, int]) -> None:
+    if seg in (None, [], {}):
+        return
+    why = segmentation_problem(seg, *hw)
+    if why is not None:
+        raise InputError(f"{path}: annotation {ann_id}: {what}: {why}")
+
+
 def validate_coco_json(
-    path: str | Path, image_root: str | Path, require_masks: bool = True
+    path: str | Path,
+    image_root: str | Path,
+    require_masks: bool = True,
+    require_annotations: bool = False,
 ) -> CocoSummary:
     """Check a COCO instances JSON for training/evaluation; returns a :class:`CocoSummary`.
 
@@ -64,7 +76,10 @@ def validate_coco_json(
     ``image_root``; every annotation refers to a known image and category; with ``require_masks`` every
     non-crowd annotation has a mask (RLE or polygons) whose RLE size matches its image; ``aux_segmentations``
     and ``aux_weights`` have the same length and image-sized RLEs. The file is read as a stream (one
-    annotation at a time), so a pseudo-label file of any size is checked in little memory.
+    annotation at a time), so a pseudo-label file of any size is checked in little memory. Every mask is
+    well formed (polygons of at least 3 points, RLE counts covering the image); with ``require_annotations``
+    at least one non-crowd annotation exists (a training set without any would stop detectron2 with an
+    assertion).
 
     Raises:
         InputError: naming the file, the record (image / annotation id) and the problem.
@@ -76,10 +91,12 @@ def validate_coco_json(
     no_mask: list[Any] = []
     waiting: list[dict[str, Any]] = []  # annotations listed before the images / categories
     seen: set[str] = set()
-    counts = {"images": 0, "annotations": 0, "with_aux": 0}
+    counts = {"images": 0, "annotations": 0, "with_aux": 0, "objects": 0}
 
     def check(ann: dict[str, Any]) -> None:
         assert categories is not None
+        if not isinstance(ann, dict):
+            raise InputError(f"{path}: an annotation is not an object")
         ann_id = ann.get("id", "?")
         image_id = ann.get("image_id")
         if image_id not in sizes:
@@ -90,11 +107,13 @@ def validate_coco_json(
             )
         if int(ann.get("iscrowd", 0)):
             return
+        counts["objects"] += 1
         seg = ann.get("segmentation")
         if require_masks and not _has_mask(seg):
             no_mask.append(ann_id)
             return
         _check_rle_size(path, ann_id, "segmentation", seg, sizes[image_id])
+        _check_mask(path, ann_id, "segmentation", seg, sizes[image_id])
         aux = ann.get("aux_segmentations")
         if aux is None:
             return
@@ -111,6 +130,7 @@ def validate_coco_json(
                     f"{path}: annotation {ann_id}: an aux_segmentations entry is not a mask"
                 )
             _check_rle_size(path, ann_id, "aux_segmentations", seg_aux, sizes[image_id])
+            _check_mask(path, ann_id, "aux_segmentations", seg_aux, sizes[image_id])
         counts["with_aux"] += bool(aux)
 
     for key, value, element in iter_top_level(path, ("images", "annotations")):
@@ -148,6 +168,11 @@ def validate_coco_json(
         )
     for ann in waiting:
         check(ann)
+    if require_annotations and counts["objects"] == 0:
+        raise InputError(
+            f"{path}: no annotations to train on ({counts['annotations']} annotation(s), none of them a "
+            "non-crowd object); export pseudo labels first or check the file"
+        )
     if no_mask:
         shown = ", ".join(str(i) for i in no_mask[:MAX_LISTED]) + (
             " ..." if len(no_mask) > MAX_LISTED else ""
@@ -236,7 +261,9 @@ def register_datasets(
     "train_summary": CocoSummary | None}``. ``validate=False`` skips the checks (for worker processes,
     after the launching process has validated).
     """
-    train_summary = validate_coco_json(train_json, train_images) if validate else None
+    train_summary = (
+        validate_coco_json(train_json, train_images, require_annotations=True) if validate else None
+    )
     val_summary = None
     if val_json is not None:
         val_images = val_images if val_images is not None else train_images

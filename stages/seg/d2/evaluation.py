@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from stages.common.io import atomic_write_many
 from stages.seg.d2 import compat
 
 compat.apply()
@@ -80,12 +81,17 @@ def write_eval_files(
     Returns the JSON record.
     """
     eval_dir = Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
     cleaned = clean_results(results)
     record = {**(context or {}), "metrics": cleaned}
-    (eval_dir / EVAL_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     title = "COCO evaluation"
     if context and context.get("dataset"):
         title += f" on {Path(str(context['dataset'])).name}"
-    (eval_dir / EVAL_MD).write_text(format_markdown(cleaned, title), encoding="utf-8")
+    text_json = (json.dumps(record, indent=2) + "\n").encode("utf-8")
+    text_md = format_markdown(cleaned, title).encode("utf-8")
+    atomic_write_many(
+        [
+            (eval_dir / EVAL_JSON, lambda fh: fh.write(text_json)),
+            (eval_dir / EVAL_MD, lambda fh: fh.write(text_md)),
+        ]
+    )
     return record

@@ -24,13 +24,13 @@ import torch
 
 from stages.common.devices import DistInfo, dist_info, process_group, require_gpus, resolve_device
 from stages.common.errors import InputError, TrainingError
+from stages.common.io import atomic_write_bytes, check_output_path, ensure_dir
 from stages.seg.config import TrainSegConfig
 from stages.seg.d2 import compat
 
 compat.apply()
 
 import detectron2.utils.comm as comm  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
 from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, launch  # noqa: E402
@@ -38,6 +38,7 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
 
 import stages.seg.d2.meta_arch  # noqa: E402,F401  (registers the SOLOv2 meta-architecture)
+from stages.seg.d2.checkpoint import AtomicCheckpointer, check_resume, verify_checkpoint  # noqa: E402
 from stages.seg.d2.config import (  # noqa: E402
     BACKBONE_DEPTHS,
     get_sapnet_cfg,
@@ -78,6 +79,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
+
+    def build_hooks(self):
+        # Called by DefaultTrainer.__init__ after it made its checkpointer: swap in the atomic one first, so
+        # the PeriodicCheckpointer hook built below saves through it as well.
+        self.checkpointer = AtomicCheckpointer(
+            self.checkpointer.model,
+            self.checkpointer.save_dir,
+            **self.checkpointer.checkpointables,
+        )
+        return super().build_hooks()
 
     def build_writers(self):
         writers = [
@@ -197,12 +208,12 @@ def _worker(cfg: CfgNode, config: TrainSegConfig) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     with _log_to_file(out_dir, rank == 0):
         if rank == 0:
-            (out_dir / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+            atomic_write_bytes(out_dir / "config.yaml", cfg.dump().encode("utf-8"))
             logger.info("detectron2 install: %s", compat.describe_install())
         if config.eval_only:
             model = Trainer.build_model(cfg)
             checkpoint = config.resolved_checkpoint()
-            DetectionCheckpointer(model, save_dir=str(out_dir)).load(str(checkpoint))
+            AtomicCheckpointer(model, save_dir=str(out_dir)).load(str(checkpoint))
             results = Trainer.test(cfg, model)
             iterations = None
         else:
@@ -311,6 +322,12 @@ def train_seg(config: TrainSegConfig) -> dict[str, Any]:
     config.validate()
     if config.eval_only and not config.resolved_checkpoint().is_file():
         raise InputError(f"--eval-only: checkpoint {config.resolved_checkpoint()} does not exist")
+    check_output_path(config.out_dir, "dir", "output folder (--out)")
+    # Broken checkpoints are refused here, before anything in --out (config.yaml, logs) is written.
+    if config.eval_only:
+        verify_checkpoint(config.resolved_checkpoint(), "--eval-only checkpoint")
+    elif config.resume:
+        check_resume(config.out_dir)
     info = dist_info()
     world = info.world_size if info.torchrun else config.num_gpus * config.num_machines
     device = resolve_device(config.device, info)
@@ -325,7 +342,7 @@ def train_seg(config: TrainSegConfig) -> dict[str, Any]:
     datasets = register_datasets(
         config.train_json, config.images, config.val_json, config.val_images, TRAIN_NAME, VAL_NAME
     )
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(config.out_dir, "output folder (--out)")
     weights = None
     if not config.eval_only:
         preliminary = build_cfg(
