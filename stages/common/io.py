@@ -191,6 +191,34 @@ def ensure_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def check_output_path(path: str | Path, kind: str = "file", what: str = "output") -> Path:
+    """OutputError unless ``path`` can become a file (``kind="file"``) or folder (``"dir"``); creates nothing.
+
+    Stages call it for every output before doing any work, so a wrong ``--out`` (a directory where a file is
+    meant, a file in the way of a folder, a read-only location) fails at once and before any output is written.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if kind == "file" and path.is_dir():
+            raise OutputError(
+                f"cannot write {what} {path}: it is a directory, expected a file path"
+            )
+        if kind == "dir" and not path.is_dir():
+            raise OutputError(f"cannot write {what} {path}: it exists and is not a folder")
+    chain = ([path.absolute()] if kind == "dir" else []) + list(path.absolute().parents)
+    for folder in chain:
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"cannot write {what} {path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputError(
+                    f"cannot write {what} {path}: the folder {folder} is not writable "
+                    "(read-only file system or permission denied)"
+                )
+            break
+    return path
+
+
 def _check_target(path: Path) -> None:
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a directory, expected a file path")

@@ -15,7 +15,7 @@ from stages import __version__
 from stages.common.annotations import load_coco
 from stages.common.config import save_resolved_config, sidecar_config_path
 from stages.common.errors import InputError, StoreError
-from stages.common.io import read_image_rgb
+from stages.common.io import check_output_path, read_image_rgb
 from stages.common.masks import decode_rles
 from stages.common.selections import Selections, check_matches_store, load_selections
 from stages.export.config import (
@@ -138,6 +138,11 @@ def _categories(store: ProposalStore) -> list[dict[str, Any]]:
 def run_export(cfg: ExportConfig) -> ExportResult:
     """Export pseudo labels of every selector in ``cfg.selectors``; report and overlays when asked."""
     cfg.validate()
+    for path in output_paths(cfg.out, cfg.selectors).values():
+        check_output_path(path, "file", "pseudo-label file")
+    for folder, what in ((cfg.report, "--report folder"), (cfg.viz, "--viz folder")):
+        if folder is not None:
+            check_output_path(folder, "dir", what)
     store = ProposalStore.open(cfg.store)
     store.require_complete()
     objs, images = store.objects, store.images
@@ -364,6 +369,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     Per-object metrics (IoU, errors) need annotation ids that match the GT (pseudo-label files); a results
     list gets AP only. An instances file is evaluated on its own images, a results list on all GT images.
     """
+    if cfg.report is not None:
+        check_output_path(cfg.report, "dir", "--report folder")
     gt = load_ground_truth(cfg.gt)
     preds, doc = load_predictions(
         cfg.pred, gt.image_size, category_ids={int(c) for c in gt.coco.getCatIds()}

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from stages.common.annotations import OnError, Problem, load_coco, parse_images
 from stages.common.config import save_resolved_config, sidecar_config_path
 from stages.common.errors import InputError
-from stages.common.io import atomic_write_json, sha256_file
+from stages.common.io import atomic_write_json, check_output_path, sha256_file
 from stages.common.masks import segmentation_to_mask
 from stages.points.sampler import MODES, Mode, object_rng, sample_point_in_mask
 
@@ -121,6 +121,7 @@ def run_points(cfg: PointsConfig) -> PointsResult:
     coco = load_coco(cfg.annotations, "ground-truth annotations file")
     if Path(cfg.out).resolve() == Path(cfg.annotations).resolve():
         raise InputError(f"--out {cfg.out} would overwrite the input annotations file")
+    check_output_path(cfg.out, "file", "--out")
     points, problems = sample_points_checked(
         coco, cfg.mode, cfg.seed, source, progress=cfg.progress
     )

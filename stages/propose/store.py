@@ -38,6 +38,7 @@ import datetime as _dt
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 STATUS_PENDING, STATUS_DONE, STATUS_FAILED, STATUS_EMPTY = 0, 1, 2, 3
+
+
+# A zarr chunk temporary older than this belongs to a killed writer (see clean_partial_chunks).
+PARTIAL_CHUNK_AGE_S = 3600.0
 
 
 @dataclass
@@ -401,10 +406,30 @@ class ProposalStore:
         return bool(np.array_equal(self.group["images/status"][:], self.image_status()))
 
     def reopen_for_writing(self) -> ProposalStore:
-        """This store opened ``r+`` (a no-op when it already is)."""
+        """This store opened ``r+`` (a no-op when it already is); stale chunk temporaries are removed."""
+        self.clean_partial_chunks()
         if not self.group.read_only:
             return self
         return ProposalStore.open(self.path, mode="r+")
+
+    def clean_partial_chunks(self, min_age_s: float = PARTIAL_CHUNK_AGE_S) -> list[Path]:
+        """Remove zarr's ``*.partial`` chunk temporaries left by a killed writer; returns them.
+
+        zarr writes each chunk to ``KEY.<uuid>.partial`` and renames it; a chunk write takes well under a
+        second, so a temporary untouched for ``min_age_s`` belongs to a dead writer, never to a live shard.
+        """
+        removed = []
+        cutoff = time.time() - min_age_s
+        for path in self.path.rglob("*.partial"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                continue
+        if removed:
+            log.info("removed %d stale chunk temporaries from %s", len(removed), self.path)
+        return removed
 
     def finalize(self) -> bool:
         """Materialise ``images/status`` once every unit is done; returns completeness.
