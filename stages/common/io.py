@@ -122,7 +122,7 @@ def clean_stale_temps(folder: str | Path, name: str, force: bool = False) -> lis
     Returns the removed paths. Never raises: cleaning is best effort.
     """
     folder = Path(folder)
-    key = (str(folder), name)
+    key = (str(folder.absolute()), name)
     if key in _cleaned and not force:
         return []
     _cleaned.add(key)
