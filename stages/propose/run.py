@@ -249,7 +249,10 @@ def _already_done(cfg: ProposeConfig, shard: tuple[int, int], t0: float) -> Prop
         return None
     summary = ProposeSummary(store=path, shard=shard, images_skipped=store.count_images(mine))
     log.info("nothing to do: all %d unit(s) of shard %d/%d are already done", len(mine), *shard)
-    summary.complete = ProposalStore.open(path, mode="r+").finalize()
+    # Write only when images/status is not materialised yet: a finished store may be a read-only copy.
+    if not store.is_finalized():
+        store = store.reopen_for_writing()
+    summary.complete = store.finalize()
     summary.seconds = time.time() - t0
     log.info("%s", summary.line())
     return summary
