@@ -13,6 +13,9 @@ install:
 	# setuptools<81 keeps pkg_resources, which detectron2 0.6 imports.
 	$(BIN)/python -m pip install -e ".[dev,mobile]" "setuptools<81"
 	bash scripts/install_detectron2.sh $(BIN)/python
+	# SAM 2.1 after detectron2: its iopath pin (0.1.10) must win over detectron2 0.6's "<0.1.10" (see
+	# pyproject.toml); pip then prints that known conflict. No CUDA extension, and the project's torch.
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --no-build-isolation -e ".[sam2]"
 
 # Headless Chromium for the report.html browser tests (Debian package `chromium`); idempotent: does nothing
 # when a Chromium is already on PATH. Needs root or sudo for apt-get; without it the browser tests are skipped.

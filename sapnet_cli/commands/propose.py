@@ -20,19 +20,21 @@ def propose(
     backend: str = typer.Option(
         "sam",
         "--backend",
-        help="sam (segment-anything), mobile-sam (needs the 'mobile' extra), classical (weight-free, "
-        "for offline use and CI), or your own as package.module:factory.",
+        help="sam (segment-anything), mobile-sam (needs the 'mobile' extra), sam2 (SAM 2.1, needs the "
+        "'sam2' extra), classical (weight-free, for offline use and CI), or your own as "
+        "package.module:factory.",
     ),
-    model: str = typer.Option(
-        "vit_h",
+    model: str | None = typer.Option(
+        None,
         "--model",
-        help="SAM variant: vit_h | vit_l | vit_b (mobile-sam always uses vit_t).",
+        help="sam: vit_h (default) | vit_l | vit_b; mobile-sam: vit_t; sam2: hiera_t | hiera_s | "
+        "hiera_b+ | hiera_l (default hiera_l on CUDA, hiera_t on CPU).",
     ),
     checkpoint: Path | None = typer.Option(
         None,
         "--checkpoint",
-        help="SAM checkpoint file. Default: $SAPNET_SAM_CHECKPOINT, else the official file, "
-        "downloaded once into the cache (checksum-verified).",
+        help="SAM checkpoint file. Default: $SAPNET_SAM_CHECKPOINT ($SAPNET_SAM2_CHECKPOINT for sam2), "
+        "else the official file, downloaded once into the cache (checksum-verified).",
     ),
     proposals_per_point: int = typer.Option(
         6, "--proposals-per-point", help="M proposals per point (SAPNet uses 6: 3 point + 3 box)."
@@ -55,8 +57,11 @@ def propose(
     batch_points: int = typer.Option(
         64, "--batch-points", help="Points decoded together per SAM call (larger pays off on GPUs)."
     ),
-    precision: str = typer.Option(
-        "fp32", "--precision", help="fp32 | bf16 | fp16 (autocast, CUDA only) for the SAM backends."
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="fp32 | bf16 | fp16 (autocast, CUDA only) for the SAM backends. Default: fp32; sam2 on "
+        "CUDA: bf16 (as SAM 2's official examples).",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a store made from other inputs or another backend."

@@ -46,13 +46,13 @@ class ProposeConfig:
     images: Path
     store: Path
     backend: str = "sam"
-    model: str = "vit_h"
+    model: str | None = None  # None: the backend's own default (sam vit_h, sam2 hiera_l/hiera_t)
     checkpoint: Path | None = None
     proposals_per_point: int = 6
     device: str = "auto"
     shard: str | None = None
     batch_points: int = 64
-    precision: str = "fp32"
+    precision: str | None = None  # None: the backend's own default (fp32; sam2 on CUDA: bf16)
     overwrite: bool = False
     on_error: OnError = "fail"
     chunk_points: int = 512

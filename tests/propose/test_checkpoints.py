@@ -149,7 +149,9 @@ def test_no_download_and_unknown_model(_isolated: Path) -> None:
 
 def test_official_table_is_consistent() -> None:
     # The hex in SAM's file names is an MD5 prefix; the SHA-256 of sam_vit_h_4b8939.pth starts a7bf3b02.
-    assert sorted(OFFICIAL) == ["vit_b", "vit_h", "vit_l", "vit_t"]
+    assert sorted(OFFICIAL) == [
+        "hiera_b+", "hiera_l", "hiera_s", "hiera_t", "vit_b", "vit_h", "vit_l", "vit_t"
+    ]  # fmt: skip
     for spec in OFFICIAL.values():
         assert spec.url.endswith("/" + spec.filename)
         assert len(spec.sha256 or "") == 64
@@ -159,3 +161,30 @@ def test_official_table_is_consistent() -> None:
     assert OFFICIAL["vit_t"].url.startswith(
         "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/"
     )
+    # SAM 2.1: Meta's 2024-09-28 release folder, the names of the official download script, own env var
+    sam2 = {k: v for k, v in OFFICIAL.items() if k.startswith("hiera_")}
+    assert {v.filename for v in sam2.values()} == {
+        f"sam2.1_hiera_{n}.pt" for n in ("tiny", "small", "base_plus", "large")
+    }
+    for spec in sam2.values():
+        assert spec.url.startswith("https://dl.fbaipublicfiles.com/segment_anything_2/092824/")
+        assert spec.env_var == ck.ENV_SAM2_CHECKPOINT and spec.md5_prefix is None
+        assert spec.size and spec.size > 100e6
+    assert {v.env_var for k, v in OFFICIAL.items() if k.startswith("vit_")} == {ck.ENV_CHECKPOINT}
+
+
+def test_each_family_reads_its_own_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _isolated: Path
+) -> None:
+    sam_file, sam2_file = tmp_path / "sam.pth", tmp_path / "sam2.pt"
+    sam_file.write_bytes(b"sam")
+    sam2_file.write_bytes(b"sam2")
+    monkeypatch.setenv(ck.ENV_CHECKPOINT, str(sam_file))
+    monkeypatch.setenv(ck.ENV_SAM2_CHECKPOINT, str(sam2_file))
+    assert ck.resolve_checkpoint("vit_h").path == sam_file
+    assert ck.resolve_checkpoint("hiera_l").path == sam2_file
+    assert ck.resolve_checkpoint("my_variant", env_var=ck.ENV_SAM2_CHECKPOINT).path == sam2_file
+    monkeypatch.delenv(ck.ENV_SAM2_CHECKPOINT)
+    with pytest.raises(DependencyError) as err:  # not the SAM file: offline, say where SAM 2 goes
+        ck.resolve_checkpoint("hiera_l", download=False)
+    assert "sam2.1_hiera_large.pt" in str(err.value) and ck.ENV_SAM2_CHECKPOINT in str(err.value)

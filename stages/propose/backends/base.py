@@ -4,9 +4,9 @@ A backend turns one RGB image and the K annotated points on it into M class-agno
 The proposal *order is fixed and documented by each backend* (``proposal_order``) because later stages rely on it:
 the SAPNet selector treats proposals 0-2 as the point-prompt masks (BMS candidates).
 
-Backends register themselves in :data:`BACKENDS` under their CLI name (``sam``, ``mobile-sam``, ``classical``);
-:func:`get_backend` builds one from keyword options. Heavy imports (segment-anything, timm) happen inside the
-backend module, so importing this interface stays cheap.
+Backends register themselves in :data:`BACKENDS` under their CLI name (``sam``, ``mobile-sam``, ``sam2``,
+``classical``); :func:`get_backend` builds one from keyword options. Heavy imports (segment-anything, timm, sam2)
+happen inside the backend module, so importing this interface stays cheap.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ BACKENDS: dict[str, str] = {
     "classical": "stages.propose.backends.classical:build_classical_backend",
     "sam": "stages.propose.backends.sam:build_sam_backend",
     "mobile-sam": "stages.propose.backends.sam:build_mobile_sam_backend",
+    "sam2": "stages.propose.backends.sam2:build_sam2_backend",
 }
 
 

@@ -1,9 +1,11 @@
-"""Find, download and verify SAM / MobileSAM checkpoint files.
+"""Find, download and verify SAM, MobileSAM and SAM 2.1 checkpoint files.
 
 Resolution order of :func:`resolve_checkpoint` (first hit wins):
 
 1. an explicit path (``--checkpoint`` / ``checkpoint=``);
-2. the ``SAPNET_SAM_CHECKPOINT`` environment variable;
+2. the model family's environment variable: ``SAPNET_SAM_CHECKPOINT`` for SAM / MobileSAM (``vit_*``),
+   ``SAPNET_SAM2_CHECKPOINT`` for SAM 2.1 (``hiera_*``), so a SAM file set for one backend is never fed to the
+   other;
 3. the official file name in the cache folder (``SAPNET_CACHE_DIR``, else ``~/.cache/sapnet/checkpoints``);
 4. a download of the official file into that cache folder (atomic: temporary file + ``os.replace``).
 
@@ -13,10 +15,17 @@ SHA-256 prefix" check would reject the genuine files. Each :class:`CheckpointSpe
 published SHA-256 and the MD5 prefix from the name; both are checked on download and the SHA-256 again when a
 cached official file is used. Files given explicitly (path or environment variable) may be fine-tuned weights: they
 are not compared with the official digests, only their SHA-256 is recorded (the proposal store's fingerprint).
+
+SAM 2.1. Meta publishes the four files (``dl.fbaipublicfiles.com/segment_anything_2/092824/``) without checksums
+and their names carry none. The SHA-256 digests below are those of the same files in Meta's Hugging Face
+repositories (``facebook/sam2.1-hiera-{tiny,small,base-plus,large}``, whose Git-LFS object ids are the files'
+SHA-256), and several independent projects pin the same digests and sizes for the ``dl.fbaipublicfiles.com`` URLs.
+They could not be checked against a download here (no network access to the weights).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -28,6 +37,7 @@ from pathlib import Path
 from stages.common.errors import DependencyError, InputError
 
 ENV_CHECKPOINT = "SAPNET_SAM_CHECKPOINT"
+ENV_SAM2_CHECKPOINT = "SAPNET_SAM2_CHECKPOINT"
 ENV_CACHE_DIR = "SAPNET_CACHE_DIR"
 DEFAULT_TIMEOUT_S = (
     60.0  # per blocking socket operation (connect / each read), not for the whole file
@@ -45,6 +55,7 @@ class CheckpointSpec:
         sha256: full published SHA-256 hex digest, or None when unknown (then it is only recorded).
         md5_prefix: leading hex digits of the MD5 that the official file name embeds, or None.
         size: size in bytes as published (informational, shown in messages).
+        env_var: the environment variable that names a file for this model family (step 2).
     """
 
     filename: str
@@ -52,7 +63,10 @@ class CheckpointSpec:
     sha256: str | None = None
     md5_prefix: str | None = None
     size: int | None = None
+    env_var: str = ENV_CHECKPOINT
 
+
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 
 CHECKPOINTS: dict[str, CheckpointSpec] = {
     "vit_h": CheckpointSpec(
@@ -80,6 +94,39 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
         "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
         None,
         40_728_226,
+    ),
+    # SAM 2.1 (released 2024-09-29); digests: see the module docstring.
+    "hiera_t": CheckpointSpec(
+        "sam2.1_hiera_tiny.pt",
+        f"{_SAM2_URL}/sam2.1_hiera_tiny.pt",
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+        None,
+        156_008_466,
+        ENV_SAM2_CHECKPOINT,
+    ),
+    "hiera_s": CheckpointSpec(
+        "sam2.1_hiera_small.pt",
+        f"{_SAM2_URL}/sam2.1_hiera_small.pt",
+        "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+        None,
+        184_416_285,
+        ENV_SAM2_CHECKPOINT,
+    ),
+    "hiera_b+": CheckpointSpec(
+        "sam2.1_hiera_base_plus.pt",
+        f"{_SAM2_URL}/sam2.1_hiera_base_plus.pt",
+        "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+        None,
+        323_606_802,
+        ENV_SAM2_CHECKPOINT,
+    ),
+    "hiera_l": CheckpointSpec(
+        "sam2.1_hiera_large.pt",
+        f"{_SAM2_URL}/sam2.1_hiera_large.pt",
+        "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+        None,
+        898_083_611,
+        ENV_SAM2_CHECKPOINT,
     ),
 }
 
@@ -118,7 +165,7 @@ class ResolvedCheckpoint:
 def _manual_hint(spec: CheckpointSpec, target: Path) -> str:
     return (
         f"Download {spec.url} yourself and save it as {target} "
-        f"(or anywhere, then pass --checkpoint PATH or set {ENV_CHECKPOINT}=PATH; "
+        f"(or anywhere, then pass --checkpoint PATH or set {spec.env_var}=PATH; "
         f"{ENV_CACHE_DIR} changes the cache folder)."
     )
 
@@ -137,15 +184,19 @@ def resolve_checkpoint(
     download: bool = True,
     url: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    env_var: str | None = None,
 ) -> ResolvedCheckpoint:
     """Find (or download) the checkpoint for ``model`` following the module's resolution order.
 
     Args:
-        model: ``vit_h`` | ``vit_l`` | ``vit_b`` | ``vit_t`` (other names need an explicit file).
+        model: a key of :data:`CHECKPOINTS` (``vit_h`` ... ``vit_t``, ``hiera_t`` ... ``hiera_l``); other names
+            need an explicit file (path or environment variable).
         checkpoint: explicit file path; wins over everything else.
         download: allow step 4 (download); when False a missing file raises DependencyError.
         url: override of the official URL (mirrors, tests).
         timeout: seconds per blocking socket operation of the download.
+        env_var: the environment variable of step 2; default: the one of ``model``'s family
+            (``CHECKPOINTS[model].env_var``), ``SAPNET_SAM_CHECKPOINT`` for names not in the table.
 
     Raises:
         InputError: an explicit / environment path that is not a file.
@@ -154,18 +205,20 @@ def resolve_checkpoint(
     if checkpoint is not None and str(checkpoint) != "":
         path = _existing_file(Path(checkpoint), "--checkpoint")
         return ResolvedCheckpoint(path, sha256_file(path), "explicit")
-    env = os.environ.get(ENV_CHECKPOINT)
-    if env:
-        path = _existing_file(Path(env), f"from ${ENV_CHECKPOINT}")
-        return ResolvedCheckpoint(path, sha256_file(path), "env")
     spec = CHECKPOINTS.get(model)
+    if env_var is None:
+        env_var = spec.env_var if spec is not None else ENV_CHECKPOINT
+    env = os.environ.get(env_var)
+    if env:
+        path = _existing_file(Path(env), f"from ${env_var}")
+        return ResolvedCheckpoint(path, sha256_file(path), "env")
     if spec is None:
         raise DependencyError(
             f"model {model!r} has no official checkpoint to download; pass --checkpoint PATH or set "
-            f"{ENV_CHECKPOINT}=PATH (official models: {sorted(CHECKPOINTS)})"
+            f"{env_var}=PATH (official models: {sorted(CHECKPOINTS)})"
         )
     if url is not None:
-        spec = CheckpointSpec(spec.filename, url, spec.sha256, spec.md5_prefix, spec.size)
+        spec = dataclasses.replace(spec, url=url)
     target = cache_dir() / spec.filename
     if target.is_file():
         digest = sha256_file(target)

@@ -370,7 +370,7 @@ def build_sam_backend(
     model: str = "vit_h",
     checkpoint: str | None = None,
     batch_points: int = 64,
-    precision: str = "fp32",
+    precision: str | None = "fp32",
     attention: str = "sdpa",
     **_ignored: Any,
 ) -> SamBackend:
@@ -382,7 +382,7 @@ def build_sam_backend(
         num_proposals=num_proposals,
         device=device,
         batch_points=batch_points,
-        precision=precision,
+        precision=precision or "fp32",
         attention=attention,
     )
 
@@ -393,7 +393,7 @@ def build_mobile_sam_backend(
     model: str | None = None,
     checkpoint: str | None = None,
     batch_points: int = 64,
-    precision: str = "fp32",
+    precision: str | None = "fp32",
     attention: str = "sdpa",
     **_ignored: Any,
 ) -> SamBackend:
@@ -411,6 +411,6 @@ def build_mobile_sam_backend(
         num_proposals=num_proposals,
         device=device,
         batch_points=batch_points,
-        precision=precision,
+        precision=precision or "fp32",
         attention=attention,
     )
