@@ -1,17 +1,21 @@
-"""Benchmark the proposal backends: SAM encode/decode, batched vs per-point prompting, classical backend.
+"""Benchmark the proposal backends: SAM / SAM 2.1 encode/decode, batched vs per-point prompting, classical.
 
-    .venv/bin/python benchmarks/bench_propose.py                       # CPU: random-weight vit_b + vit_t
-    .venv/bin/python benchmarks/bench_propose.py --device cuda --model vit_h --precision bf16 --images 10
+    .venv/bin/python benchmarks/bench_propose.py          # CPU: random-weight vit_b, vit_t, hiera_t
+    .venv/bin/python benchmarks/bench_propose.py --device cuda --model vit_h,hiera_l --precision bf16 --images 10
 
-SAM models use random weights (timings do not depend on the values). For each model it compares
+SAM models (``vit_*``, segment-anything / MobileSAM) and SAM 2.1 models (``hiera_*``, the ``sam2`` package) use
+random weights (timings do not depend on the values). For each model it compares
 
-* ``original``: segment-anything's ``SamPredictor`` as usually called: fp32, ``set_image`` then one ``predict``
-  call per point (multimask, 3 masks each);
-* ``sapnet``: :class:`~stages.propose.backends.sam.SamBackend` with SDPA attention, ``--precision`` (autocast,
-  CUDA only) and all ``--points`` points of an image decoded in one ``predict_torch`` call,
+* ``original``: the package's own predictor as usually called: fp32, ``set_image`` then one ``predict`` call per
+  point (multimask, 3 masks each): ``SamPredictor`` for SAM, ``SAM2ImagePredictor`` for SAM 2.1;
+* ``sapnet``: the project's backend (:class:`~stages.propose.backends.sam.SamBackend` with SDPA attention, or
+  :class:`~stages.propose.backends.sam2.Sam2Backend`), ``--precision`` (autocast, CUDA only) and all ``--points``
+  points of an image decoded in one call,
 
 reporting seconds per image for the encoder, seconds per point for decoding, images/s for the same work (P points x
-3 masks) and for SAPNet's 6 proposals, and peak memory (process RSS; GPU allocator peak on CUDA).
+3 masks) and for SAPNet's 6 proposals, and peak memory (process RSS; GPU allocator peak on CUDA). The ``models``
+section then compares the models' ``sapnet`` encode and decode times with the first ``--model`` (ratios measured in
+the same run).
 
 Extending: a section is a function ``(args) -> list[dict]`` whose rows have the keys of :data:`COLUMNS`; append it
 to :data:`SECTIONS` (``SECTIONS.append(("store", store_section))``) and it runs (``--sections`` selects by name),
@@ -103,10 +107,31 @@ def _per_point(pred: Any, pts: np.ndarray) -> None:
         pred.predict(p[None], np.ones(1), multimask_output=True)
 
 
-def _bench_original(sam: torch.nn.Module, images, pts, device, args) -> dict[str, float]:
+def _is_sam2(model: str) -> bool:
+    return model.startswith("hiera_")
+
+
+def _build_any(model: str) -> torch.nn.Module:
+    """Random-weight SAM (``vit_*``) or SAM 2.1 (``hiera_*``) model on CPU."""
+    if _is_sam2(model):
+        from stages.propose.backends.sam2 import build_model as build_sam2_model
+
+        return build_sam2_model(model)
+    return build_model(model)
+
+
+def _original_predictor(sam: torch.nn.Module, model: str) -> Any:
+    if _is_sam2(model):
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        return SAM2ImagePredictor(sam)
     from segment_anything import SamPredictor
 
-    pred = SamPredictor(sam)
+    return SamPredictor(sam)
+
+
+def _bench_original(sam: torch.nn.Module, images, pts, device, args) -> dict[str, float]:
+    pred = _original_predictor(sam, args.model_name)
     if device.type == "cuda":  # warm-up (kernels, allocator)
         pred.set_image(images[0])
         pred.predict(pts[:1], np.ones(1), multimask_output=True)
@@ -120,21 +145,27 @@ def _bench_original(sam: torch.nn.Module, images, pts, device, args) -> dict[str
                 lambda p=p: pred.predict(p[None], np.ones(1), multimask_output=True), device
             )
             dec += t
-    pred.reset_image()
     n = len(images)
     return {"enc": enc / n, "dec_point": dec / (n * len(pts)), "ips": n / (enc + dec)}
 
 
-def _bench_sapnet(sam: torch.nn.Module, images, pts, device, args) -> dict[str, float]:
-    backend = SamBackend(
-        sam,
+def _project_backend(sam: torch.nn.Module, pts, device, args) -> Any:
+    common = dict(
         model=args.model_name,
         checkpoint_sha256="random-init",
         device=device,
         precision=args.precision,
-        attention="sdpa",
         batch_points=len(pts),
     )
+    if _is_sam2(args.model_name):
+        from stages.propose.backends.sam2 import Sam2Backend
+
+        return Sam2Backend(sam, **common)
+    return SamBackend(sam, attention="sdpa", **common)
+
+
+def _bench_sapnet(sam: torch.nn.Module, images, pts, device, args) -> dict[str, float]:
+    backend = _project_backend(sam, pts, device, args)
     if device.type == "cuda":
         list(backend.propose(images[0], pts))
     _gpu_reset(device)
@@ -144,28 +175,30 @@ def _bench_sapnet(sam: torch.nn.Module, images, pts, device, args) -> dict[str, 
         enc += t
         dec3 += _best_of(args.repeat, lambda: [x.cpu() for x in backend.decode(pts, 3)], device)
         dec6 += _best_of(args.repeat, lambda: [x.cpu() for x in backend.decode(pts, 6)], device)
-    backend.predictor.reset_image()
     n = len(images)
     return {
         "enc": enc / n,
         "dec_point": dec3 / (n * len(pts)),
+        "dec6_point": dec6 / (n * len(pts)),
         "ips": n / (enc + dec3),
         "ips6": n / (enc + dec6),
     }
 
 
 def sam_section(args: argparse.Namespace) -> list[Row]:
-    """Original SamPredictor vs SamBackend for each ``--model`` (random weights)."""
+    """The package's predictor vs the project's backend for each ``--model`` (random weights), then the
+    models' encode / decode times relative to the first one."""
     device = resolve_device(args.device)
     images = _images(args)
     pts = _points(args, args.height, args.width)
     p = len(pts)
     rows: list[Row] = []
+    measured: dict[str, dict[str, float]] = {}
     for model in args.model:
         sec = f"sam {model}"
         try:
             torch.manual_seed(0)
-            sam = build_model(model).to(device)
+            sam = _build_any(model).to(device)
         except SapnetError as e:
             rows.append(row(sec, "-", "skipped", None, "", str(e).split(";")[0]))
             continue
@@ -174,8 +207,10 @@ def sam_section(args: argparse.Namespace) -> list[Row]:
         orig = _bench_original(copy.deepcopy(sam), images, pts, device, args)
         gpu_orig = _gpu_peak_mb(device)
         mine = _bench_sapnet(sam, images, pts, device, args)
+        measured[model] = mine
         gpu_mine = _gpu_peak_mb(device)
-        case_o, case_m = "original fp32", f"sapnet {args.precision}+sdpa+batched"
+        how = "batched" if _is_sam2(model) else "sdpa+batched"  # SAM 2 attention is SDPA already
+        case_o, case_m = "original fp32", f"sapnet {args.precision}+{how}"
         rows += [
             row(sec, case_o, "encode", orig["enc"], "s/image", size),
             row(sec, case_m, "encode", mine["enc"], "s/image", size),
@@ -200,6 +235,24 @@ def sam_section(args: argparse.Namespace) -> list[Row]:
                 row(sec, case_m, "peak GPU memory", gpu_mine, "MB"),
             ]
         del sam
+    return rows + model_ratio_rows(measured)
+
+
+def model_ratio_rows(measured: dict[str, dict[str, float]]) -> list[Row]:
+    """Encode and per-point decode (M = 3 and 6) speed of each model relative to the first measured one
+    (``> 1``: faster than the baseline), from the ``sapnet`` timings of this run."""
+    if len(measured) < 2:
+        return []
+    base_name, base = next(iter(measured.items()))
+    rows = []
+    for name, m in measured.items():
+        case = f"{name} vs {base_name}"
+        rows += [
+            row("models", case, "encode speed-up", base["enc"] / m["enc"], "x", "sapnet path"),
+            row("models", case, "decode speed-up (M=3)", base["dec_point"] / m["dec_point"], "x"),
+            row("models", case, "decode speed-up (M=6)", base["dec6_point"] / m["dec6_point"], "x"),
+            row("models", case, "throughput speed-up (M=6)", m["ips6"] / base["ips6"], "x"),
+        ]
     return rows
 
 
@@ -338,9 +391,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument(
         "--model",
-        default="vit_b,vit_t",
-        help="comma-separated SAM variants (vit_h, vit_l, vit_b, vit_t, vit_test); vit_t is skipped "
-        "when mobile_sam is not installed",
+        default="vit_b,vit_t,hiera_t",
+        help="comma-separated SAM variants (vit_h, vit_l, vit_b, vit_t, vit_test) and SAM 2.1 variants "
+        "(hiera_t, hiera_s, hiera_b+, hiera_l); vit_t / hiera_* are skipped when mobile_sam / sam2 "
+        "is not installed; the first one is the baseline of the 'models' ratios",
     )
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--images", type=int, default=1, help="images per measurement")

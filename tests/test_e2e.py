@@ -20,13 +20,15 @@ def _run(args: list[str]) -> None:
     assert exc.value.code == 0, args
 
 
-def _chain(coco4, backend: str, select_iters: int, seg_iters: int) -> dict:
+def _chain(
+    coco4, backend: str, select_iters: int, seg_iters: int, propose_args: tuple[str, ...] = ()
+) -> dict:
     root, images, gt = coco4["root"], str(coco4["images"]), str(coco4["gt"])
     points, store = root / "points.json", root / "store.zarr"
     _run(["points", "--annotations", gt, "--out", str(points), "--no-progress"])
     _run(
         ["propose", "--annotations", str(points), "--images", images, "--store", str(store)]
-        + ["--backend", backend, "--chunk-points", "16", "--no-progress"]
+        + ["--backend", backend, "--chunk-points", "16", "--no-progress", *propose_args]
     )
     run_dir = root / "select"
     _run(
@@ -62,6 +64,25 @@ def test_whole_pipeline_through_the_cli(coco4):
     assert "sapnet" in json.dumps(report) and "top1" in json.dumps(report)
     assert (out["seg"] / "model_final.pth").is_file()
     assert (out["seg"] / "eval" / "coco_eval.json").is_file()
+
+
+def test_whole_chain_on_a_sam2_store(coco4, monkeypatch):
+    """propose with SAM 2.1 (hiera_t random weights from a file, run at 256 px to stay fast), then the
+    rest of the chain on that store."""
+    pytest.importorskip("sam2")
+    from tests.propose.sam2_tiny import register_tiny, save_random_hiera_t
+    from tests.propose.store_checks import check_sam_family_store
+
+    ckpt = save_random_hiera_t(coco4["root"] / "hiera_t_random.pt")
+    model = register_tiny(monkeypatch)
+    args = ("--model", model, "--checkpoint", str(ckpt), "--batch-points", "16")
+    out = _chain(coco4, "sam2", select_iters=2, seg_iters=2, propose_args=args)
+    store = check_sam_family_store(out["store"], "sam2", num_points=44)
+    assert store.fingerprint["backend"]["model"] == model
+    assert len(load_selections(out["select"])) == 44
+    doc = json.loads(out["pseudo"].read_text())
+    assert {a["id"] for a in doc["annotations"]} == set(store.objects.ann_id.tolist())
+    assert (out["seg"] / "model_final.pth").is_file()
 
 
 @pytest.mark.slow

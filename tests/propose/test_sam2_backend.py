@@ -228,3 +228,24 @@ def test_offline_without_a_file_says_what_to_download_and_where(
     assert "http://127.0.0.1:9/x.pt" in msg and str(cache / "sam2.1_hiera_tiny.pt") in msg
     assert ck.ENV_SAM2_CHECKPOINT in msg and "--checkpoint" in msg
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_bench_propose_rows_for_sam2_and_model_ratios(tmp_path: Path) -> None:
+    """benchmarks/bench_propose.py times a SAM 2 model next to a SAM one and writes their ratios."""
+    import importlib.util as iu
+    import json
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_propose.py"
+    spec = iu.spec_from_file_location("bench_propose", path)
+    bench = iu.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "propose.json"
+    args = ["--model", f"vit_test,{TINY}", "--sections", "sam", "--points", "2", "--repeat", "1"]
+    assert bench.main([*args, "--width", "64", "--height", "48", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    got = {(r["section"], r["case"], r["metric"]) for r in rows}
+    assert (f"sam {TINY}", "sapnet fp32+batched", "encode") in got
+    assert (f"sam {TINY}", "original fp32", "decode (1 call/point)") in got
+    assert ("models", f"{TINY} vs vit_test", "encode speed-up") in got
+    ratios = {r["case"]: r["value"] for r in rows if r["metric"] == "encode speed-up"}
+    assert ratios[f"{TINY} vs vit_test"] > 0 and ratios["vit_test vs vit_test"] == 1.0

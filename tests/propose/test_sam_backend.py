@@ -225,3 +225,19 @@ def test_bench_propose_smoke(tmp_path: Path) -> None:
         "per-point decode speed-up",
     ) in metrics
     assert all(r["value"] is None or r["value"] > 0 for r in rows)
+
+
+def test_sam_store_passes_the_store_checks(
+    tiny_ckpt: Path, coco4: dict[str, Path], points4: Path
+) -> None:
+    """A `sam` store made by run_propose meets tests/propose/store_checks.py (which sam2 stores must meet)."""
+    from stages.propose.run import ProposeConfig, run_propose
+    from tests.propose.store_checks import check_sam_family_store
+
+    store = coco4["root"] / "sam.zarr"
+    cfg = ProposeConfig(
+        points4, coco4["images"], store, backend="sam", model="vit_test", checkpoint=tiny_ckpt,
+        chunk_points=16, progress=False,
+    )  # fmt: skip
+    run_propose(cfg)
+    check_sam_family_store(store, "sam", num_points=44)

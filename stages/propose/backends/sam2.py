@@ -213,6 +213,8 @@ class Sam2Backend:
 
     def encode(self, image: np.ndarray) -> None:
         """Run the image encoder once for ``image`` ((H, W, 3) uint8 RGB)."""
+        if not image.flags.writeable:  # torchvision's to_tensor warns on read-only arrays
+            image = image.copy()
         with self._context():
             self.predictor.set_image(image)
 
