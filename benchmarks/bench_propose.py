@@ -124,7 +124,11 @@ def _original_predictor(sam: torch.nn.Module, model: str) -> Any:
     if _is_sam2(model):
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        return SAM2ImagePredictor(sam)
+        from stages.propose.backends.sam2 import feature_sizes
+
+        pred = SAM2ImagePredictor(sam)
+        pred._bb_feat_sizes = feature_sizes(sam)  # official values at 1024 px; also reduced models
+        return pred
     from segment_anything import SamPredictor
 
     return SamPredictor(sam)
