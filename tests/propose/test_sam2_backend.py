@@ -249,3 +249,22 @@ def test_bench_propose_rows_for_sam2_and_model_ratios(tmp_path: Path) -> None:
     assert ("models", f"{TINY} vs vit_test", "encode speed-up") in got
     ratios = {r["case"]: r["value"] for r in rows if r["metric"] == "encode speed-up"}
     assert ratios[f"{TINY} vs vit_test"] > 0 and ratios["vit_test vs vit_test"] == 1.0
+
+
+def test_sam2_root_log_lines_are_dropped_only_during_encode(caplog) -> None:
+    import logging
+
+    import sam2.sam2_image_predictor as predictor_module
+
+    from stages.propose.backends.sam2 import _quiet_sam2_root_logs
+
+    def sam2_record() -> logging.LogRecord:
+        path = predictor_module.__file__
+        return logging.LogRecord("root", logging.INFO, path, 1, "from sam2", None, None)
+
+    with caplog.at_level(logging.INFO):
+        with _quiet_sam2_root_logs():
+            logging.getLogger().handle(sam2_record())
+            logging.getLogger().info("ours")
+        logging.getLogger().handle(sam2_record())
+    assert [r.getMessage() for r in caplog.records] == ["ours", "from sam2"]

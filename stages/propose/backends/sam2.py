@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -215,7 +216,7 @@ class Sam2Backend:
         """Run the image encoder once for ``image`` ((H, W, 3) uint8 RGB)."""
         if not image.flags.writeable:  # torchvision's to_tensor warns on read-only arrays
             image = image.copy()
-        with self._context():
+        with self._context(), _quiet_sam2_root_logs():
             self.predictor.set_image(image)
 
     def decode(
@@ -255,6 +256,23 @@ class Sam2Backend:
                 yield ProposalBatch(start, masks.cpu().numpy(), scores.cpu().numpy())
         finally:
             self.predictor.reset_predictor()  # drop the image features
+
+
+class _DropSam2Records(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}sam2{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_sam2_root_logs() -> Iterator[None]:
+    """Drop the INFO lines ``SAM2ImagePredictor.set_image`` logs on the *root* logger for every image
+    ("Computing image embeddings ..."), for this call only; other records pass."""
+    root, quiet = logging.getLogger(), _DropSam2Records()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _check_options(num_proposals: int, batch_points: int, precision: str) -> None:
