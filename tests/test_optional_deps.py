@@ -7,6 +7,7 @@ import and use iopath (their only shared dependency in conflict) with that versi
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from importlib import metadata
@@ -65,8 +66,12 @@ def test_detectron2_works_with_the_pinned_iopath(tmp_path: Path) -> None:
     assert PathManager.exists(str(path)) and PathManager.get_local_path(str(path)) == str(path)
 
 
-def test_sam2_works_with_the_pinned_iopath_next_to_detectron2(tmp_path: Path) -> None:
+def test_sam2_works_with_the_pinned_iopath_next_to_detectron2(tmp_path: Path, caplog) -> None:
     from stages.seg.d2 import compat
+
+    # Hiera(weights_path=...) logs `logging.info("loading Hiera", <result>)`, a malformed call (sam2 1.1.0)
+    # that pytest's log capture turns into an error when the root logger is at INFO: keep it at WARNING.
+    caplog.set_level(logging.WARNING)
 
     compat.import_detectron2()  # both in one process, as in a `make reproduce` run
     from sam2.modeling.backbones.hieradet import Hiera
