@@ -35,15 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.common.devices import resolve_device
 from stages.common.errors import DependencyError, InputError
 from stages.propose.backends.base import ProposalBatch, check_inputs
 from stages.propose.backends.checkpoints import ENV_SAM2_CHECKPOINT, resolve_checkpoint
-from stages.propose.backends.sam import (
-    BOX_RULE,
-    PRECISIONS,
-    prompt_boxes_from_masks,
-    resolve_device,
-)
+from stages.propose.backends.sam import BOX_RULE, PRECISIONS, prompt_boxes_from_masks
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = (
