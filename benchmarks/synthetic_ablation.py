@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/synthetic_ablation.py                   # 3 seeds, < 10 min on 2 CPU cores
     .venv/bin/python benchmarks/synthetic_ablation.py --quick           # the reduced run of the test suite
     .venv/bin/python benchmarks/synthetic_ablation.py --seeds 5 --rows mil1 mil1+BMS +BMS
+    .venv/bin/python benchmarks/synthetic_ablation.py --variants official clean   # side by side
 
 A seeded synthetic dataset plants the paper's failure modes in every proposal bag (large parts and halves
 of the object: "local"; the union with an adjacent same-class object: "group"; shifted copies: "offset";
@@ -24,7 +25,7 @@ if str(REPO) not in sys.path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.synthetic.ablation import ALL_ROWS, run_benchmark
+    from stages.synthetic.ablation import ALL_ROWS, VARIANTS, run_benchmark
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/synthetic.json")
@@ -34,10 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=None, help="training iterations per row")
     parser.add_argument("--rows", nargs="+", choices=list(ALL_ROWS), default=None)
     parser.add_argument("--work", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=None,
+        help="selector variants, side by side (official: the defaults; clean: the paper-clean options)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     report = run_benchmark(
         args.out, args.seeds, args.quick, args.images, args.iters, args.rows, args.work,
-        log=lambda line: print(line, flush=True),
+        log=lambda line: print(line, flush=True), variants=args.variants,
     )  # fmt: skip
     print(report["table"])
     print(f"{report['seconds']:.0f} s; report written to {args.out}")

@@ -32,12 +32,20 @@ def bench_synthetic(
     work: Path | None = typer.Option(
         None, "--work", help="Keep the datasets and run directories here (default: a temp folder)."
     ),
+    variants: list[str] | None = typer.Option(
+        None,
+        "--variant",
+        help="Selector variant(s), repeat to compare side by side: official (default: the official "
+        "code's top-1 box, PPG base, head init, loss normalisation) and clean (--top1-box exact "
+        "--ppg-base psm --head-init xavier --psm-normalise all-bags).",
+    ),
 ) -> None:
     """Plant group/local failure modes in synthetic bags and score each Table 4 row of the selector."""
     from stages.synthetic.ablation import run_benchmark
 
     report = run_benchmark(
-        out, seeds, quick, images, iters, rows or None, work, log=lambda s: typer.echo(s, err=True)
-    )
+        out, seeds, quick, images, iters, rows or None, work,
+        log=lambda s: typer.echo(s, err=True), variants=variants or None,
+    )  # fmt: skip
     typer.echo(report["table"])
     typer.echo(f"{report['seconds']:.0f} s; report written to {out}")

@@ -79,6 +79,30 @@ def select(
         False, "--no-prm", help="PSM only: no refinement stage (implies --no-pnpg)."
     ),
     no_bms: bool = typer.Option(False, "--no-bms", help="Switch off box mining on the final pick."),
+    top1_box: str | None = typer.Option(
+        None,
+        "--top1-box",
+        help="Box BMS starts from: weighted (default, the official code: the top-1 proposal times "
+        "s / (s + 1e-8) in float32, so low-score picks mostly stay unmerged) or exact (the proposal).",
+    ),
+    ppg_base: str | None = typer.Option(
+        None,
+        "--ppg-base",
+        help="PPG base box: code (default, the official code: the stage-0 BMS box matched to a proposal "
+        "within < 1 px, else proposal 5) or psm (the top-1 PSM proposal, as the paper reads).",
+    ),
+    head_init: str | None = typer.Option(
+        None,
+        "--head-init",
+        help="Init of the head's shared FCs: normal (default, the official Normal(0, 0.01) on every "
+        "Linear) or xavier (Xavier uniform).",
+    ),
+    psm_normalise: str | None = typer.Option(
+        None,
+        "--psm-normalise",
+        help="Stage-0 loss average: valid-bags (default, the official code: over bags with at least one "
+        "valid proposal) or all-bags.",
+    ),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of init, data order, flips, negatives (default 0)."
     ),
@@ -120,6 +144,10 @@ def select(
         use_npg=_flag(no_pnpg, False),
         use_prm=_flag(no_prm, False),
         use_bms=_flag(no_bms, False),
+        top1_box=top1_box,
+        ppg_base=ppg_base,
+        head_init=head_init,
+        psm_normalise=psm_normalise,
         seed=seed,
         predict_only=_flag(predict_only, True),
         checkpoint=str(checkpoint) if checkpoint else None,

@@ -35,6 +35,29 @@ BMS_TOLERANCE = 2.0
 """Containment tolerance of rule (ii), in pixels on each side."""
 BMS_NUM_CANDIDATES = 3
 """The code's G: the first 3 proposals of the bag (the SAM point-prompt masks)."""
+TOP1_WEIGHT_EPS = 1e-8
+"""The code's top-k average ``sum_k w_k box_k`` with ``w = s / (sum s + 1e-8)``; k = 1 keeps the eps."""
+
+
+@torch.no_grad()
+def weighted_top1_box(box: Tensor, score: Tensor) -> Tensor:
+    """The official code's top-1 box before BMS: ``box * (s / (s + 1e-8))`` computed in float32.
+
+    The code builds the selected box as the score-weighted average of the top-k proposals, k = 1, so the
+    weight ``s / (s + 1e-8)`` is not exactly 1 in float32 when ``s`` is small (below about 0.25): the box
+    shrinks towards the origin by a few ulps. BMS then sees the picked proposal itself as a LARGER
+    candidate with IoU ~1 and merges it first (``best`` ~1), which blocks every later merge, so for low
+    scores the official BMS mostly keeps the pick. ``top1_box="exact"`` skips this (the proposal itself).
+
+    Args:
+        box: ``(N, 4)`` xyxy top-1 proposal per object. score: ``(N,)`` its selection score ``s``.
+
+    Returns:
+        ``(N, 4)`` in ``box``'s dtype (computed in float32, as the code on GPU).
+    """
+    s = score.detach().float()[:, None]
+    weight = s / (s + TOP1_WEIGHT_EPS)
+    return (box.detach().float() * weight).to(box.dtype)
 
 
 @torch.no_grad()

@@ -29,7 +29,10 @@ from stages.common.errors import InputError
 
 BACKBONES = ("resnet50", "resnet18")
 PDG_MODES = ("logits", "paper")
-PPG_BASES = ("psm", "code")
+PPG_BASES = ("code", "psm")
+TOP1_BOXES = ("weighted", "exact")
+HEAD_INITS = ("normal", "xavier")
+PSM_NORMALISE = ("valid-bags", "all-bags")
 REFERENCE_BATCH = 32
 """Total batch of the reference lr (4 images x 8 GPUs)."""
 REFERENCE_LR = 0.015
@@ -81,9 +84,17 @@ class SelectConfig:
 
     Method switches: ``use_pdg``, ``use_prm``, ``use_ppg``, ``use_npg``, ``use_bms``; ``pdg_mode`` "logits"
     (code: class logits x S^d in the PSM loss) or "paper" (S^d multiplied into S_cls * S_ins, also for the
-    PSM pick); ``pdg_power`` d = 1/64, ``pdg_distance_power`` 0.5; ``ppg_base`` "psm" (box_psm, the top-1 PSM
-    proposal, METHOD 13 #6) or "code" (stage-0 BMS, then the +-1 px match with fallback to proposal 5);
-    ``num_negatives`` 500 background negatives per image; BMS ``bms_t1`` 0.6, ``bms_t2`` 0.3.
+    PSM pick); ``pdg_power`` d = 1/64, ``pdg_distance_power`` 0.5; ``num_negatives`` 500 background negatives per
+    image; BMS ``bms_t1`` 0.6, ``bms_t2`` 0.3.
+
+    Official-code behaviour (defaults) and the cleaner variants (docs/method.md, "Official behaviour"):
+    ``top1_box`` "weighted" (the box handed to BMS is the top-1 proposal times ``s / (s + 1e-8)`` in
+    float32, s = its selection score, as the code's top-k average with k = 1) or "exact" (the proposal
+    itself); ``ppg_base`` "code" (stage-0 BMS box matched to the first proposal within strictly < 1 px on
+    all 4 coordinates, else proposal 5) or "psm" (box_psm, the top-1 PSM proposal); ``head_init``
+    "normal" (Normal(0, 0.01) on every Linear of the head, shared FCs included) or "xavier" (Xavier-uniform
+    on the shared FCs); ``psm_normalise`` "valid-bags" (stage-0 loss averaged over the bags with at least
+    one valid proposal, empty bags weigh 0) or "all-bags" (over all bags).
 
     Run: ``device`` auto | cpu | cuda | cuda:N (:mod:`stages.common.devices`); ``seed``; ``num_workers`` data-loader processes; ``resume``;
     ``checkpoint_interval`` extra checkpoint every N iterations (0: epochs and end only); ``progress`` tqdm bars.
@@ -119,7 +130,10 @@ class SelectConfig:
     pdg_mode: str = "logits"
     pdg_power: float = 1.0 / 64.0
     pdg_distance_power: float = 0.5
-    ppg_base: str = "psm"
+    ppg_base: str = "code"
+    top1_box: str = "weighted"
+    head_init: str = "normal"
+    psm_normalise: str = "valid-bags"
     num_negatives: int = 500
     bms_t1: float = 0.6
     bms_t2: float = 0.3
@@ -148,6 +162,9 @@ class SelectConfig:
             "use_bms": self.use_bms,
             "pdg_mode": self.pdg_mode,
             "ppg_base": self.ppg_base,
+            "top1_box": self.top1_box,
+            "head_init": self.head_init,
+            "psm_normalise": self.psm_normalise,
         }
 
     def validate(self) -> SelectConfig:
@@ -162,6 +179,9 @@ class SelectConfig:
             "backbone": BACKBONES,
             "pdg_mode": PDG_MODES,
             "ppg_base": PPG_BASES,
+            "top1_box": TOP1_BOXES,
+            "head_init": HEAD_INITS,
+            "psm_normalise": PSM_NORMALISE,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)

@@ -9,10 +9,12 @@ Training (:class:`SelectorForward`):
 1. stage 0 (PSM): RoI features of the N x M proposals -> ``cls0, ins0 (N, M, C + 1)``; PDG scores
    ``S (N, M)``; loss ``0.25 * BCE(bag0, c)`` with the PDG-scaled logits (code) or the S^d factor (paper);
    selection ``sel0 = softmax_K(cls0)[c] * softmax_M(ins0)[c]`` on the raw logits, ``top0``, ``box_psm`` (the
-   top-1 proposal clamped to the image), ``beta = sel0.sum(1)``;
-2. PNPG: the PRM bag ``[M proposals, 20 PPG boxes]`` around ``box_psm`` (METHOD 13 #6; ``ppg_base="code"``
-   uses the code's stage-0 BMS + +-1 px match instead), 500 background negatives per image and one part
-   negative per large object;
+   top-1 proposal clamped to the image), ``beta = sel0.sum(1)``; the stage-0 loss is averaged over the
+   bags with at least one valid (positive-area) proposal (``psm_normalise="valid-bags"``, the code);
+2. PNPG: the PRM bag ``[M proposals, 20 PPG boxes]`` around the PPG base: by default (``ppg_base="code"``)
+   the stage-0 BMS box (BMS of the score-weighted top-1 box, ``top1_box="weighted"``) matched to the first
+   proposal within strictly < 1 px, else proposal 5; ``ppg_base="psm"`` uses ``box_psm`` (METHOD 13 #6);
+   500 background negatives per image and one part negative per large object;
 3. stage 1 (PRM): ``cls1, ins1 (N, M1, C)``, positive loss weighted by beta, negative loss on the
    negatives' class branch, ``L_prm = 0.25 L_pos + 0.75 L_neg``.
 """
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from stages.select.bms import box_mining
+from stages.select.bms import box_mining, weighted_top1_box
 from stages.select.config import SelectConfig
 from stages.select.data import rois_from_boxes
 from stages.select.mil import (
@@ -66,6 +68,8 @@ class MethodOptions:
     pdg_power: float = _config_default("pdg_power")
     pdg_distance_power: float = _config_default("pdg_distance_power")
     ppg_base: str = _config_default("ppg_base")
+    top1_box: str = _config_default("top1_box")
+    psm_normalise: str = _config_default("psm_normalise")
     num_negatives: int = _config_default("num_negatives")
     bms_t1: float = _config_default("bms_t1")
     bms_t2: float = _config_default("bms_t2")
@@ -91,6 +95,18 @@ class PSMOutput:
     top: Tensor  # (N,) top-1 proposal index
     box: Tensor  # (N, 4) box_psm: the top-1 proposal clamped to its image
     beta: Tensor  # (N,) PSM bag score of the GT class (detached)
+    bms_in: Tensor  # (N, 4) the top-1 box handed to BMS (``top1_box``), clamped to its image
+
+
+def top1_box_for_bms(
+    box: Tensor, score: Tensor, heights: Tensor, widths: Tensor, mode: str
+) -> Tensor:
+    """The selected box that BMS starts from, ``(N, 4)``: ``"weighted"`` (official) multiplies the top-1
+    proposal ``box (N, 4)`` by ``s / (s + 1e-8)`` (``score (N,)``, float32; see
+    :func:`stages.select.bms.weighted_top1_box`), ``"exact"`` keeps it; then clamped to the image."""
+    if mode == "weighted":
+        box = weighted_top1_box(box, score)
+    return clip_boxes(box, heights, widths)
 
 
 def object_image_ids(boxes: list[Tensor]) -> Tensor:
@@ -136,26 +152,38 @@ def run_psm(
     scores = selection_scores(cls, ins, lab, proposal_factor=factor)
     top = top1(scores)
     heights, widths = object_sizes(sizes, image_ids)
-    box = clip_boxes(all_boxes[torch.arange(n, device=top.device), top], heights, widths)
+    rows = torch.arange(n, device=top.device)
+    raw = all_boxes[rows, top]
+    box = clip_boxes(raw, heights, widths)
+    bms_in = top1_box_for_bms(raw, scores[rows, top], heights, widths, opts.top1_box)
     return PSMOutput(
-        all_boxes, image_ids, lab, embed, cls, ins, s_dis, factor, scores, top, box, scores.sum(1)
-    )
+        all_boxes, image_ids, lab, embed, cls, ins, s_dis, factor, scores, top, box, scores.sum(1),
+        bms_in,
+    )  # fmt: skip
+
+
+def valid_bags(boxes: Tensor) -> Tensor:
+    """``(N,)`` bool: the bag ``boxes (N, M, 4)`` holds at least one proposal of positive width and
+    height (the code's proposal validity; an empty mask has the box ``[0, 0, 0, 0]``)."""
+    wh = boxes[..., 2:] - boxes[..., :2]
+    return (wh > 0).all(dim=-1).any(dim=1)
 
 
 def ppg_base(psm: PSMOutput, opts: MethodOptions) -> tuple[Tensor, Tensor]:
     """PPG base box ``(N, 4)`` and its PDG score ``(N,)``.
 
-    ``"psm"``: box_psm and the S of the top-1 proposal. ``"code"``: box_psm refined by stage-0 BMS (when
-    BMS is on), then the first proposal whose 4 coordinates lie within 1 px of it, else proposal 5.
+    ``"psm"``: box_psm and the S of the top-1 proposal. ``"code"`` (official): the top-1 box handed to
+    BMS (``psm.bms_in``, score-weighted by default) refined by stage-0 BMS (when BMS is on), then the
+    first proposal whose 4 coordinates all lie STRICTLY within 1 px of it (``|d| < 1``), else proposal 5.
     """
     n = psm.boxes.shape[0]
     rows = torch.arange(n, device=psm.boxes.device)
     if opts.ppg_base == "psm":
         return psm.box, psm.s_dis[rows, psm.top]
-    box = psm.box
+    box = psm.bms_in
     if opts.use_bms:
         box = box_mining(box, psm.boxes[:, :3], opts.bms_t1, opts.bms_t2)
-    close = ((psm.boxes - box[:, None, :]).abs() <= 1.0).all(dim=-1)  # (N, M)
+    close = ((psm.boxes - box[:, None, :]).abs() < 1.0).all(dim=-1)  # (N, M)
     m = psm.boxes.shape[1]
     first = torch.where(close, torch.arange(m, device=close.device), m).min(dim=1).values
     fallback = min(PPG_FALLBACK_INDEX, m - 1)
@@ -221,7 +249,8 @@ class SelectorForward(nn.Module):
         if opts.use_pdg and opts.pdg_mode == "logits":
             cls_for_loss = apply_pdg(psm.cls, psm.s_dis, opts.pdg_power, mode="logits")
         bag0, _, _ = psm_bag_scores(cls_for_loss, psm.ins, proposal_factor=psm.factor)
-        losses = {"loss_psm": PSM_LOSS_WEIGHT * psm_loss(bag0, psm.labels)}
+        loss0 = psm_loss(bag0, psm.labels, valid_bags(psm.boxes), opts.psm_normalise)
+        losses = {"loss_psm": PSM_LOSS_WEIGHT * loss0}
         zero = losses["loss_psm"].new_zeros(())
         losses["loss_pos"], losses["loss_neg"] = zero, zero
         if opts.use_prm:

@@ -28,6 +28,7 @@ PRM_GAMMA = 2.0
 PRM_EPS = 1e-6
 
 _NEG_NORMALISE = ("bags", "negatives")
+PSM_NORMALISE = ("valid-bags", "all-bags")
 
 
 def _instance_probs(ins_logits: Tensor, valid: Tensor | None) -> Tensor:
@@ -89,13 +90,20 @@ def _zero_with_grad(x: Tensor) -> Tensor:
     return x.sum() * 0.0
 
 
-def psm_loss(bag: Tensor, labels: Tensor) -> Tensor:
+def psm_loss(
+    bag: Tensor, labels: Tensor, bag_valid: Tensor | None = None, normalise: str = "valid-bags"
+) -> Tensor:
     """PSM MIL loss (Eq. 3): BCE of ``bag (N, K)`` against one-hot ``labels (N,)``.
 
-    Summed over all K columns (the background column always has target 0), mean over the N bags;
-    logs are clamped at -100 (torch's BCE). ``N = 0`` gives 0 with a grad path. Not weighted:
-    the caller multiplies by :data:`PSM_LOSS_WEIGHT`.
+    Summed over all K columns (the background column always has target 0); logs are clamped at -100
+    (torch's BCE). ``bag_valid (N,)`` bool marks the bags with at least one valid proposal (None: all).
+    ``normalise``: ``"valid-bags"`` (official code): empty bags weigh 0 and the sum is divided by the
+    number of non-empty bags (at least 1); ``"all-bags"``: every bag counts and the sum is divided by N.
+    ``N = 0`` (or no valid bag) gives 0 with a grad path. Not weighted: the caller multiplies by
+    :data:`PSM_LOSS_WEIGHT`.
     """
+    if normalise not in PSM_NORMALISE:
+        raise ValueError(f"normalise must be one of {PSM_NORMALISE}, got {normalise!r}")
     n = bag.shape[0]
     if n == 0:
         return _zero_with_grad(bag)
@@ -103,8 +111,12 @@ def psm_loss(bag: Tensor, labels: Tensor) -> Tensor:
     # least float32 (half inputs are upcast, the result is cast back).
     p = bag if bag.dtype in (torch.float32, torch.float64) else bag.float()
     q = F.one_hot(labels.long(), bag.shape[-1]).to(p.dtype)
-    loss = F.binary_cross_entropy(p, q, reduction="sum") / n
-    return loss.to(bag.dtype)
+    if bag_valid is None or normalise == "all-bags":
+        return (F.binary_cross_entropy(p, q, reduction="sum") / n).to(bag.dtype)
+    per_bag = F.binary_cross_entropy(p, q, reduction="none").sum(dim=-1)
+    weight = bag_valid.to(per_bag.dtype)
+    denom = weight.sum().clamp(min=1.0)
+    return ((per_bag * weight).sum() / denom).to(bag.dtype)
 
 
 def prm_positive_loss(

@@ -9,6 +9,8 @@ METHOD.md sections 2 and 3.1 / 5.1:
 - RoIAlign 7x7 (``aligned=True``, adaptive sampling) on ONE level per box: level =
   ``clamp(floor(log2(sqrt(w h) / 56 + 1e-6)), 0, 4)`` (mmdet ``SingleRoIExtractor``, finest_scale 56).
 - Shared trunk: flatten (256 * 7 * 7) -> FC 1024 -> ReLU -> FC 1024 -> ReLU, shared by both stages.
+- Init (official code): Normal(0, 0.01) on EVERY Linear (the shared FCs too), biases 0 except the class
+  branches' prior bias (p = 0.01); ``head_init="xavier"`` puts Xavier-uniform on the shared FCs instead.
 - PSM head ``fc_cls0``/``fc_ins0``: 1024 -> K0 = C + 1 (the background column is the LAST one, index C);
   PRM head ``fc_cls1``/``fc_ins1``: 1024 -> K1 = C. Class ``c`` is column ``c`` in both.
 
@@ -35,6 +37,8 @@ FPN_STRIDES = (4, 8, 16, 32, 64)
 FINEST_SCALE = 56.0
 ROI_SIZE = 7
 CLS_PRIOR = 0.01
+HEAD_INITS = ("normal", "xavier")
+"""Init of the shared FCs: "normal" (official, Normal(0, 0.01)) or "xavier" (Xavier uniform)."""
 _STAGE_CHANNELS = {
     "resnet18": (64, 128, 256, 512),
     "resnet50": (256, 512, 1024, 2048),
@@ -150,16 +154,24 @@ class SelectorNet(nn.Module):
         fpn_channels: int = 256,
         fc_dim: int = 1024,
         zero_init_residual: bool = False,
+        head_init: str = "normal",
     ):
         super().__init__()
+        if head_init not in HEAD_INITS:
+            raise InputError(f"head_init must be one of {', '.join(HEAD_INITS)}; got {head_init!r}")
         self.num_classes = num_classes
         self.backbone_name = backbone
         self.backbone = FrozenStatsResNet(backbone, zero_init_residual=zero_init_residual)
         self.fpn = GNFPN(self.backbone.out_channels, fpn_channels)
         self.fc1 = nn.Linear(fpn_channels * ROI_SIZE * ROI_SIZE, fc_dim)
         self.fc2 = nn.Linear(fc_dim, fc_dim)
-        for fc in (self.fc1, self.fc2):  # mmdet ConvFCBBoxHead: Xavier uniform on the shared FCs
-            nn.init.xavier_uniform_(fc.weight)
+        for fc in (self.fc1, self.fc2):
+            if (
+                head_init == "normal"
+            ):  # official Shared2FCInstanceMILHead: Normal(0, 0.01) on every Linear
+                nn.init.normal_(fc.weight, std=0.01)
+            else:  # mmdet ConvFCBBoxHead's default: Xavier uniform on the shared FCs
+                nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
         self.fc_cls0 = nn.Linear(fc_dim, num_classes + 1)
         self.fc_ins0 = nn.Linear(fc_dim, num_classes + 1)
@@ -196,8 +208,9 @@ def build_model(
     weights: str = "imagenet",
     fpn_channels: int = 256,
     fc_dim: int = 1024,
+    head_init: str = "normal",
 ) -> SelectorNet:
-    """Build the selector and load ``weights`` ("imagenet" | "none" | PATH).
+    """Build the selector and load ``weights`` ("imagenet" | "none" | PATH); ``head_init`` see SelectorNet.
 
     "imagenet" uses torchvision's ImageNet weights (downloaded once into the torch cache); if they cannot be
     obtained a DependencyError says how to proceed. A PATH holds a state dict of a torchvision ResNet, of the
@@ -205,7 +218,9 @@ def build_model(
     zero-initialised residual branches so the un-normalised (frozen-BN) network starts stable.
     """
     random_init = weights == "none"
-    model = SelectorNet(num_classes, backbone, fpn_channels, fc_dim, zero_init_residual=random_init)
+    model = SelectorNet(
+        num_classes, backbone, fpn_channels, fc_dim, random_init, head_init=head_init
+    )
     if random_init:
         log.warning(
             "selector backbone starts from random weights (--weights none): expect poor results"

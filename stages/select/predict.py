@@ -8,8 +8,9 @@ Per object, no flip, in ``torch.inference_mode()``:
   ``prm_top1`` in ``[0, M1)``, ``bag_score`` = the PRM bag score of the GT class (sigmoid x softmax);
 - without PRM (``--no-prm``): the PSM decides: ``prm_top1 = psm_top1``, ``prm_scores = psm_scores``,
   ``bag_score`` = the PSM bag score of the GT class (``beta``);
-- ``bms_box`` = BMS of the selected box (clamped to the image) with the first 3 proposals as candidates
-  (the selected box itself without BMS), mapped back to original-image edge coordinates;
+- ``bms_box`` = BMS of the selected box (by default the code's score-weighted top-1 box ``box * s /
+  (s + 1e-8)``, ``top1_box``; clamped to the image) with the first 3 proposals as candidates (the selected
+  box itself without BMS), mapped back to original-image edge coordinates;
 - ``final_index = proposal_index_for_box(bms_box, proposals)``.
 
 Objects whose proposals failed in `sapnet propose` get -1 indices, a zero box and zero scores.
@@ -36,10 +37,15 @@ from stages.select.data import (
     batch_to_device,
     collate,
 )
-from stages.select.forward import MethodOptions, object_sizes, prm_bag, run_psm
+from stages.select.forward import (
+    MethodOptions,
+    object_sizes,
+    prm_bag,
+    run_psm,
+    top1_box_for_bms,
+)
 from stages.select.mil import prm_bag_scores, selection_scores, top1
 from stages.select.model import SelectorNet
-from stages.select.pnpg import clip_boxes
 
 
 @dataclass
@@ -98,11 +104,13 @@ def predict_batch(
         cls1, ins1 = net.prm_head(embed)
         sel1 = selection_scores(cls1, ins1, psm.labels)
         prm_top = top1(sel1)
-        selected = clip_boxes(bag[rows, prm_top], heights, widths)
+        selected = top1_box_for_bms(
+            bag[rows, prm_top], sel1[rows, prm_top], heights, widths, opts.top1_box
+        )
         bag_score = prm_bag_scores(cls1, ins1)[0][rows, psm.labels]
         prm_scores = sel1[:, :m]
     else:
-        prm_top, selected, bag_score, prm_scores = psm.top, psm.box, psm.beta, psm.scores
+        prm_top, selected, bag_score, prm_scores = psm.top, psm.bms_in, psm.beta, psm.scores
     box = (
         box_mining(selected, psm.boxes[:, :3], opts.bms_t1, opts.bms_t2)
         if opts.use_bms

@@ -149,7 +149,9 @@ def _run(cfg: SelectConfig, info: DistInfo, device: torch.device, t0: float) -> 
         iterations = int(ckpt.get("iteration", 0))
     else:
         torch.manual_seed(cfg.seed)
-        net = build_model(len(categories), cfg.backbone, cfg.weights, cfg.fpn_channels, cfg.fc_dim)
+        net = build_model(
+            len(categories), cfg.backbone, cfg.weights, cfg.fpn_channels, cfg.fc_dim, cfg.head_init
+        )
         train_set = SelectDataset(
             arrays, cfg.images, cfg.short_side, cfg.max_size, cfg.flip, cfg.seed
         )

@@ -54,6 +54,7 @@ RESUME_KEYS = (
     "backbone", "fpn_channels", "fc_dim", "epochs", "iters", "batch_size", "lr", "seed", "short_side",
     "max_size", "flip", "use_pdg", "use_prm", "use_ppg", "use_npg", "pdg_mode", "pdg_power",
     "pdg_distance_power", "ppg_base", "num_negatives", "warmup_iters", "warmup_ratio", "lr_steps",
+    "top1_box", "head_init", "psm_normalise",
 )  # fmt: skip
 
 

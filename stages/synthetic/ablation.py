@@ -156,11 +156,13 @@ def train_row(
 def training_key(overrides: dict[str, Any]) -> str:
     """What decides the trained weights of a row: its overrides without the prediction-only switches.
 
-    ``use_bms`` acts at prediction only, unless ``ppg_base`` is "code" (then stage-0 BMS moves the PPG
-    base during training), so ``+BMS`` reuses the selector trained for ``+PNPG``.
+    ``use_bms`` acts at prediction only, unless PPG is on with ``ppg_base`` "code" (the default: then
+    stage-0 BMS moves the PPG base during training); with ``ppg_base="psm"`` ``+BMS`` reuses the
+    selector trained for ``+PNPG``.
     """
     key = {k: v for k, v in overrides.items() if k not in ("out", "progress")}
-    if key.get("ppg_base", SelectConfig.ppg_base) != "code":
+    code_base = key.get("ppg_base", SelectConfig.ppg_base) == "code"
+    if not (code_base and key.get("use_ppg", SelectConfig.use_ppg)):
         key.pop("use_bms", None)
     return json.dumps(key, sort_keys=True, default=str)
 
@@ -253,6 +255,27 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_variants(by_variant: dict[str, list[dict[str, Any]]]) -> str:
+    """A Markdown table with the variants side by side: per row, ``mean`` of every metric for each
+    variant (percent; ``+- std`` over seeds when more than one)."""
+    names = list(by_variant)
+    short = {"accuracy": "acc", "mean_iou": "mIoU", "group_rate": "group", "local_rate": "local"}
+    head = ["configuration"] + [f"{short.get(m, m)} ({v})" for m in short for v in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = by_variant[names[0]]
+    for i, r in enumerate(first):
+        cells = [r["row"]]
+        for metric in short:
+            for v in names:
+                rv = by_variant[v][i]
+                value = f"{100 * rv[metric]:.1f}"
+                if len(rv.get("per_seed", [])) > 1:
+                    value += f" +- {100 * rv[f'{metric}_std']:.1f}"
+                cells.append(value)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- benchmark presets
 BENCH_DATA: dict[str, Any] = {
     "num_images": 24,
@@ -278,6 +301,20 @@ BENCH_TRAIN: dict[str, Any] = {
 """The benchmark's selector settings (SelectConfig fields); the method's hyper-parameters keep their
 METHOD.md defaults. Images are upscaled x2 so that objects exceed NPG's 64 x 64 part-negative size."""
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "official": {},
+    "clean": {
+        "top1_box": "exact",
+        "ppg_base": "psm",
+        "head_init": "xavier",
+        "psm_normalise": "all-bags",
+    },
+}
+"""The selector variants the benchmark compares: ``official`` (the defaults: the official code's
+score-weighted top-1 box before BMS, PPG base = stage-0 BMS box matched within < 1 px else proposal 5,
+Normal(0, 0.01) head init, stage-0 loss over non-empty bags) and ``clean`` (exact top-1 box, PPG base =
+box_psm, Xavier shared FCs, all bags): the options that were the defaults before."""
+
 BENCH_SEEDS = 3
 BENCH_ROWS = [*ABLATION_ROWS, "mil1+BMS"]
 """The benchmark's rows: Table 4, plus BMS on the mil1 selector (prediction only)."""
@@ -297,13 +334,17 @@ def run_benchmark(
     rows: list[str] | None = None,
     work_dir: str | Path | None = None,
     log: Any = None,
+    variants: list[str] | None = None,
 ) -> dict[str, Any]:
     """The synthetic ablation benchmark (`sapnet bench-synthetic`, ``benchmarks/synthetic_ablation.py``).
 
     Runs :func:`run_ablation` with the :data:`BENCH_DATA` / :data:`BENCH_TRAIN` preset (``quick``: the
     reduced :data:`QUICK_DATA` / :data:`QUICK_TRAIN` / :data:`QUICK_ROWS`) on seeds ``0 .. seeds - 1``; ``num_images`` and
     ``iters`` override the preset. Run directories go to ``work_dir`` (a temporary folder, removed at the
-    end, when None). Returns ``{"config", "rows", "table", "seconds"}`` and writes it as JSON to ``out``.
+    end, when None). ``variants`` (names of :data:`VARIANTS`, default ``["official"]``) each run the
+    whole ablation with their overrides on the same data and seeds; with more than one, ``table`` shows
+    them side by side and ``variants`` holds each one's rows. Returns ``{"config", "rows", "table",
+    "seconds"}`` (``rows``: the first variant's) and writes it as JSON to ``out``.
     """
     import shutil
     import tempfile
@@ -324,17 +365,27 @@ def run_benchmark(
             raise InputError(f"--iters must be at least 1; got {iters}")
         train["iters"] = int(iters)
     rows = list(rows) if rows else list(QUICK_ROWS if quick else BENCH_ROWS)
+    variants = list(variants) if variants else ["official"]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise InputError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     t0 = time.perf_counter()
     tmp = None
     if work_dir is None:
         tmp = tempfile.mkdtemp(prefix="sapnet-bench-synthetic-")
+    by_variant: dict[str, list[dict[str, Any]]] = {}
     try:
-        results = run_ablation(
-            tmp or work_dir, SyntheticConfig(**data), train, rows, list(range(n_seeds)), log
-        )
+        for v in variants:
+            root = Path(tmp or work_dir) / v if len(variants) > 1 else Path(tmp or work_dir)
+            vlog = (lambda line, v=v: log(f"[{v}] {line}")) if log is not None else None
+            by_variant[v] = run_ablation(
+                root, SyntheticConfig(**data), {**train, **VARIANTS[v]}, rows,
+                list(range(n_seeds)), vlog,
+            )  # fmt: skip
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    results = by_variant[variants[0]]
     report = {
         "config": {
             "data": data,
@@ -342,9 +393,11 @@ def run_benchmark(
             "seeds": list(range(n_seeds)),
             "quick": quick,
             "bags": f"sam_like_bags(part_fraction={PART_FRACTION})",
+            "variants": {v: VARIANTS[v] for v in variants},
         },
         "rows": results,
-        "table": format_table(results),
+        "variants": by_variant,
+        "table": format_table(results) if len(variants) == 1 else format_variants(by_variant),
         "seconds": time.perf_counter() - t0,
     }
     if out is not None:

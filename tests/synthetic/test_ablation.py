@@ -15,12 +15,15 @@ import pytest
 import torch
 
 from stages.common.errors import InputError
+from stages.select.config import SelectConfig
 from stages.synthetic.ablation import (
     ABLATION_ROWS,
     QUICK_DATA,
     QUICK_ROWS,
     QUICK_TRAIN,
+    VARIANTS,
     format_table,
+    format_variants,
     run_ablation,
     run_benchmark,
     score_picks,
@@ -55,7 +58,7 @@ def test_rows_follow_table_4_and_bms_reuses_the_pnpg_training():
     assert list(ABLATION_ROWS) == ["mil1", "+PDG", "+mil2", "+PNPG", "+BMS"]
     on = [sum(flags.values()) for flags in ABLATION_ROWS.values()]
     assert on == [0, 1, 2, 4, 5]  # cumulative switches (PNPG = PPG + NPG)
-    base = {"iters": 5, "seed": 0}
+    base = {"iters": 5, "seed": 0, "ppg_base": "psm"}
     assert training_key({**base, **ABLATION_ROWS["+BMS"]}) == training_key(
         {**base, **ABLATION_ROWS["+PNPG"]}
     )
@@ -140,3 +143,21 @@ def test_cli_and_script_entry_points(tmp_path):
     with pytest.raises(InputError, match="images"):
         main(["--images", "0", "--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_format_variants_side_by_side():
+    def result(acc: float) -> dict:
+        metrics = {"accuracy": acc, "mean_iou": 0.5, "group_rate": 0.25, "local_rate": 0.125}
+        return {"row": "+BMS", **metrics, **{f"{k}_std": 0.0 for k in metrics}, "per_seed": [{}]}
+
+    table = format_variants({"official": [result(0.75)], "clean": [result(0.5)]}).splitlines()
+    assert table[0].startswith("| configuration | acc (official) | acc (clean) | mIoU (official)")
+    assert table[2].startswith("| +BMS | 75.0 | 50.0 | 50.0 | 50.0 | 25.0 | 25.0 | 12.5 | 12.5 |")
+
+
+def test_variants_are_the_clean_options():
+    assert VARIANTS["official"] == {}
+    clean = SelectConfig(store="s", images="i", out="o", **VARIANTS["clean"]).validate()
+    assert (clean.top1_box, clean.ppg_base, clean.head_init, clean.psm_normalise) == (
+        "exact", "psm", "xavier", "all-bags",
+    )  # fmt: skip
