@@ -7,6 +7,9 @@ from pathlib import Path
 import typer
 
 from stages.export.config import SELECTOR_NAMES, ErrorThresholds, ExportConfig
+from stages.export.point_aware import POINT_RULES, POINT_SCOPES, POINT_TESTS, PointAwareOptions
+
+_PA = PointAwareOptions()
 
 
 def export_pseudo(
@@ -30,7 +33,36 @@ def export_pseudo(
         help="Selector, or a comma-separated list compared side by side in the report: "
         + ", ".join(SELECTOR_NAMES)
         + ". top1 = backend's best score (SAM-top1), largest = largest area, psm = PSM only, "
-        "sapnet = final SAPNet choice, oracle = best IoU with --gt (upper bound, not training data).",
+        "sapnet = final SAPNet choice, point-aware = training-free choice among the proposals that "
+        "contain no other annotated point, oracle = best IoU with --gt (upper bound, not training "
+        "data).",
+    ),
+    point_rule: str = typer.Option(
+        _PA.rule,
+        "--point-rule",
+        help="point-aware: which proposal wins among those without another point: "
+        + " | ".join(POINT_RULES)
+        + " (consensus = highest mean mask IoU with the bag's proposals; fitted on half the dev data).",
+    ),
+    point_scope: str = typer.Option(
+        _PA.scope,
+        "--point-scope",
+        help="Points that count against a proposal: same (other points of the same class) or any "
+        "(same class first, then any class). Also used by --point-constraint. "
+        + " | ".join(POINT_SCOPES),
+    ),
+    point_test: str = typer.Option(
+        _PA.test,
+        "--point-test",
+        help="A proposal contains a point when the point's pixel is in its mask (mask) or strictly "
+        "inside its box (box). " + " | ".join(POINT_TESTS),
+    ),
+    point_constraint: bool = typer.Option(
+        True,
+        "--point-constraint/--no-point-constraint",
+        help="Keep the sapnet and psm picks (sapnet: the proposal matched to the BMS box) and the MPS aux "
+        "masks off proposals that contain another annotated point when an alternative exists "
+        "(aux masks that do get weight 0).",
     ),
     aux_masks: bool | None = typer.Option(
         None,
@@ -92,6 +124,8 @@ def export_pseudo(
         viz_count=viz_count,
         images=images,
         thresholds=ErrorThresholds(group_cover, local_iou, local_inside),
+        point_aware=PointAwareOptions(point_rule, point_scope, point_test),
+        point_constraint=point_constraint,
     )
     result = run_export(cfg)
     for name, path in result.outputs.items():

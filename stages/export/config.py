@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common.errors import InputError
+from stages.export.point_aware import PointAwareOptions
 
-SELECTOR_NAMES = ("sapnet", "psm", "top1", "largest", "oracle")
+SELECTOR_NAMES = ("sapnet", "psm", "top1", "largest", "point-aware", "oracle")
 # MPS (METHOD section 7): PRM-score ranks of the auxiliary masks (1 = best) and the weight of each.
 AUX_RANKS = (2, 4, 6)
 AUX_WEIGHT = 0.5 / 6
@@ -51,6 +52,11 @@ class ExportConfig:
         thresholds: definitions of the group/local error classes in the report.
         ap_max_images: the report's COCO AP on a seeded sample of this many images when there are more
             (None: every image; the other metrics always use every object).
+        point_aware: the choices of the ``point-aware`` selector (rule, scope, test); the constraint uses
+            its scope and test.
+        point_constraint: keep the ``sapnet`` and ``psm`` picks (sapnet: the proposal matched to the BMS
+            box) and the MPS aux masks off proposals that contain another annotated point (same class
+            first, then any class with scope "any") when an alternative exists.
     """
 
     store: Path
@@ -65,9 +71,12 @@ class ExportConfig:
     images: Path | None = None
     thresholds: ErrorThresholds = field(default_factory=ErrorThresholds)
     ap_max_images: int | None = AP_MAX_IMAGES
+    point_aware: PointAwareOptions = field(default_factory=PointAwareOptions)
+    point_constraint: bool = True
 
     def validate(self) -> None:
         """InputError for inconsistent options (unknown selector, oracle without GT, ...)."""
+        self.point_aware.validate()
         if not self.selectors:
             raise InputError("no selector given; choose from " + ", ".join(SELECTOR_NAMES))
         unknown = [s for s in self.selectors if s not in SELECTOR_NAMES]

@@ -59,6 +59,7 @@ def build_annotations(
     aux_counts: np.ndarray | None = None,
     aux_index: np.ndarray | None = None,
     aux_weight: float = AUX_WEIGHT,
+    aux_keep: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """COCO annotations of N objects; ``bbox`` and ``area`` come from the masks (pycocotools, no decoding).
 
@@ -67,6 +68,8 @@ def build_annotations(
         heights, widths: ``(N,)`` image size of each object. counts: ``(N,)`` chosen masks' RLE counts.
         score: ``(N,)``. proposal_index: ``(N,)`` chosen proposal indices.
         aux_counts / aux_index: ``(N, R)`` auxiliary masks' RLE counts and proposal indices, or None.
+        aux_keep: ``(N, R)`` bool, or None (all kept): an aux mask that is not kept gets weight 0 (the point
+            constraint: it contains another annotated point).
     """
     rles = rle_dicts(counts, heights, widths)
     n = len(rles)
@@ -89,7 +92,10 @@ def build_annotations(
         if aux_counts is not None and aux_index is not None:
             size = rles[i]["size"]
             ann["aux_segmentations"] = [{"size": size, "counts": str(c)} for c in aux_counts[i]]
-            ann["aux_weights"] = [aux_weight] * aux_counts.shape[1]
+            if aux_keep is None:
+                ann["aux_weights"] = [aux_weight] * aux_counts.shape[1]
+            else:
+                ann["aux_weights"] = [aux_weight if k else 0.0 for k in aux_keep[i].tolist()]
             ann["aux_proposal_indices"] = [int(j) for j in aux_index[i]]
         anns.append(ann)
     return anns

@@ -34,6 +34,13 @@ from stages.export.gt import (
     xywh_to_xyxy,
 )
 from stages.export.html_report import GalleryInputs, HtmlReport, write_html_report
+from stages.export.point_aware import (
+    allowed,
+    constrain_aux,
+    neighbour_counts,
+    penalty,
+    proposal_consensus,
+)
 from stages.export.pseudo import build_annotations, load_predictions, rle_dicts, write_pseudo_jsons
 from stages.export.report import (
     PredSet,
@@ -185,7 +192,25 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             ]
         ).reshape(len(keep), store.num_proposals)
     sel_sub = _subset_selections(sel, keep) if sel is not None else None
-    inputs = SelectorInputs(scores=scores, areas=areas, selections=sel_sub, gt_iou=gt_iou)
+    boxes = store.boxes()[keep]
+    inputs = SelectorInputs(
+        scores=scores, areas=areas, selections=sel_sub, gt_iou=gt_iou, boxes=boxes,
+        point_rule=cfg.point_aware.rule, constrain=cfg.point_constraint,
+    )  # fmt: skip
+    n_fallback = 0
+    learned = any(SELECTORS[n].needs_selections or cfg.wants_aux(n) for n in cfg.selectors)
+    if any(SELECTORS[n].needs_points for n in cfg.selectors) or (cfg.point_constraint and learned):
+        pa = cfg.point_aware
+        need_rle = pa.test == "mask" or ("point-aware" in cfg.selectors and pa.rule == "consensus")
+        counts = store.rle(keep) if need_rle else None  # (P', M) RLEs, only for these two
+        same, other = neighbour_counts(
+            image_index, category_id, xy, heights, widths, counts=counts, boxes=boxes, test=pa.test
+        )
+        pen = penalty(same, other, pa.scope)
+        inputs.allowed = allowed(pen)
+        n_fallback = int((pen.min(axis=1) > 0).sum())
+        if "point-aware" in cfg.selectors and pa.rule == "consensus":
+            inputs.consensus = proposal_consensus(counts, heights, widths, image_index)
 
     attrs = store.attrs
     images_json = [
@@ -204,14 +229,21 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     pending: list[tuple[Path, dict[str, Any], Any]] = []
     for name in cfg.selectors:
         choice = run_selector(name, inputs, source=str(cfg.selections or store.path))
-        aux_index = None
+        aux_index = aux_keep = None
         if cfg.wants_aux(name):
             assert sel_sub is not None
             aux_index = aux_proposal_indices(sel_sub.prm_scores, AUX_RANKS)
+            if cfg.point_constraint and inputs.allowed is not None:
+                aux_index, aux_keep = constrain_aux(
+                    aux_index, inputs.allowed, sel_sub.prm_scores, AUX_RANKS
+                )
         chosen = np.empty(len(keep), dtype=object)
 
         def annotation_chunks(
-            choice: Any = choice, aux_index: Any = aux_index, chosen: np.ndarray = chosen
+            choice: Any = choice,
+            aux_index: Any = aux_index,
+            aux_keep: Any = aux_keep,
+            chosen: np.ndarray = chosen,
         ) -> Any:
             """Annotations CHUNK_OBJECTS at a time, reading only those objects' RLEs from the store."""
             for c in _chunks(len(keep)):
@@ -224,6 +256,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                 yield build_annotations(
                     ann_id[c], image_id[c], category_id[c], xy[c], heights[c], widths[c],
                     chosen[c], choice.score[c], choice.index[c], aux_counts, aux_i,
+                    aux_keep=None if aux_keep is None else aux_keep[c],
                 )  # fmt: skip
 
         spec = SELECTORS[name]
@@ -243,6 +276,16 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         }
         if aux_index is not None:
             info |= {"aux_ranks": list(AUX_RANKS), "aux_weight": AUX_WEIGHT}
+        if spec.needs_points or (
+            cfg.point_constraint and (spec.needs_selections or aux_index is not None)
+        ):
+            info["point_aware"] = {
+                "rule": cfg.point_aware.rule if spec.needs_points else None,
+                "scope": cfg.point_aware.scope,
+                "test": cfg.point_aware.test,
+                "constraint": bool(cfg.point_constraint and not spec.needs_points),
+                "objects_without_clean_proposal": n_fallback,
+            }
         if not spec.training_data:
             info["note"] = ORACLE_NOTE
         header = {"info": info, "images": images_json, "categories": categories}

@@ -4,9 +4,15 @@ Every selector is a pure function of per-object arrays returning a :class:`Choic
 pseudo label's ``score``), registered in :data:`SELECTORS` under its CLI name:
 
 - ``sapnet``: ``Selections.final_index`` (PRM + BMS box, matched back to a proposal); score = the bag score.
-- ``psm``: ``Selections.psm_top1`` (PSM only, stage 0); score = that proposal's PSM score.
+  With the point constraint (``SelectorInputs.allowed``), a pick outside the allowed proposals moves to the
+  allowed proposal whose box has the highest IoU with the BMS box.
+- ``psm``: ``Selections.psm_top1`` (PSM only, stage 0); score = that proposal's PSM score. With the point
+  constraint, the allowed proposal with the best PSM score.
 - ``top1``: the backend's own best score ("SAM-top1" in the paper); score = that backend score.
 - ``largest``: the largest mask area (ties: lowest index); score = that proposal's backend score.
+- ``point-aware``: training-free, uses the other annotated points (``stages.export.point_aware``): among the
+  proposals that contain no other point (same class, then any class; else the least bad), the one chosen
+  by the rule (default: the best agreement with the bag); score = its backend score.
 - ``oracle``: the highest mask IoU with the ground truth; score = that IoU. An upper bound that reads the GT:
   never training data by default (the file's ``info`` says so).
 """
@@ -20,6 +26,7 @@ import numpy as np
 
 from stages.common.errors import StoreError
 from stages.common.selections import Selections
+from stages.export.point_aware import constrain_pick, select_point_aware
 
 
 @dataclass
@@ -38,12 +45,23 @@ class SelectorInputs:
         scores: ``(P, M)`` backend scores. areas: ``(P, M)`` mask areas in pixels.
         selections: the `sapnet select` output for these objects, or None.
         gt_iou: ``(P, M)`` mask IoU of each proposal with the object's GT mask, or None.
+        boxes: ``(P, M, 4)`` proposal boxes (xyxy), or None.
+        allowed: ``(P, M)`` bool proposals that pass the point test (``point_aware.allowed``), or None:
+            with it ``point-aware`` runs, and ``sapnet``/``psm`` are constrained.
+        consensus: ``(P, M)`` ``point_aware.proposal_consensus`` (rule "consensus"), or None.
+        point_rule: the ``point-aware`` rule.
+        constrain: apply ``allowed`` to the learned picks (sapnet, psm).
     """
 
     scores: np.ndarray
     areas: np.ndarray
     selections: Selections | None = None
     gt_iou: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    allowed: np.ndarray | None = None
+    consensus: np.ndarray | None = None
+    point_rule: str = "consensus"
+    constrain: bool = False
 
 
 def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -63,17 +81,53 @@ def select_largest(areas: np.ndarray, scores: np.ndarray) -> Choice:
     return Choice(index, _take(scores, index))
 
 
-def select_psm(sel: Selections) -> Choice:
-    """PSM-only: ``sel.psm_top1``; score = ``sel.psm_scores`` at that proposal."""
+def bag_box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of ``box (P, 4)`` with each of its object's ``boxes (P, M, 4)`` (xyxy) -> ``(P, M)``."""
+    a = np.asarray(box, np.float64)[:, None, :]
+    b = np.asarray(boxes, np.float64)
+    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda x: (
+        np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)
+    )  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def select_psm(sel: Selections, allowed: np.ndarray | None = None) -> Choice:
+    """PSM-only: ``sel.psm_top1``; score = ``sel.psm_scores`` at that proposal. With ``allowed (P, M)``
+    a pick outside it moves to the allowed proposal with the best PSM score."""
     index = np.asarray(sel.psm_top1, dtype=np.int64)
-    return Choice(index, _take(np.asarray(sel.psm_scores), index))
+    scores = np.asarray(sel.psm_scores)
+    if allowed is not None:
+        index, _ = constrain_pick(index, allowed, scores)
+    return Choice(index, _take(scores, index))
 
 
-def select_sapnet(sel: Selections) -> Choice:
-    """SAPNet: ``sel.final_index``; score = ``sel.bag_score``."""
-    return Choice(
-        np.asarray(sel.final_index, dtype=np.int64), np.asarray(sel.bag_score, dtype=np.float32)
+def select_sapnet(
+    sel: Selections, allowed: np.ndarray | None = None, boxes: np.ndarray | None = None
+) -> Choice:
+    """SAPNet: ``sel.final_index``; score = ``sel.bag_score``. With ``allowed (P, M)`` and the proposal
+    ``boxes (P, M, 4)``, a pick outside it moves to the allowed proposal whose box has the highest IoU
+    with the BMS box ``sel.bms_box`` (the BMS result matched within the allowed proposals)."""
+    index = np.asarray(sel.final_index, dtype=np.int64)
+    if allowed is not None:
+        if boxes is None:
+            raise ValueError("the constrained sapnet selector needs the proposal boxes")
+        pref = bag_box_iou(np.asarray(sel.bms_box), boxes)
+        index, _ = constrain_pick(index, allowed, pref + 1e-6 * np.asarray(sel.prm_scores))
+    return Choice(index, np.asarray(sel.bag_score, dtype=np.float32))
+
+
+def select_point_aware_choice(inputs: SelectorInputs) -> Choice:
+    """``point-aware``: :func:`stages.export.point_aware.select_point_aware` over ``inputs.allowed``;
+    score = the chosen proposal's backend score."""
+    if inputs.allowed is None:
+        raise StoreError("the point-aware selector needs the point test (SelectorInputs.allowed)")
+    index = select_point_aware(
+        inputs.scores, inputs.areas, inputs.allowed, inputs.point_rule, inputs.consensus
     )
+    return Choice(index, _take(inputs.scores, index))
 
 
 def select_oracle(gt_iou: np.ndarray) -> Choice:
@@ -90,6 +144,7 @@ class SelectorSpec:
     needs_selections: bool = False
     needs_gt: bool = False
     training_data: bool = True
+    needs_points: bool = False
 
 
 def _need_sel(inputs: SelectorInputs) -> Selections:
@@ -105,10 +160,17 @@ def _need_gt(inputs: SelectorInputs) -> np.ndarray:
 
 
 SELECTORS: dict[str, SelectorSpec] = {
-    "sapnet": SelectorSpec(lambda i: select_sapnet(_need_sel(i)), needs_selections=True),
-    "psm": SelectorSpec(lambda i: select_psm(_need_sel(i)), needs_selections=True),
+    "sapnet": SelectorSpec(
+        lambda i: select_sapnet(_need_sel(i), i.allowed if i.constrain else None, i.boxes),
+        needs_selections=True,
+    ),
+    "psm": SelectorSpec(
+        lambda i: select_psm(_need_sel(i), i.allowed if i.constrain else None),
+        needs_selections=True,
+    ),
     "top1": SelectorSpec(lambda i: select_top1(i.scores)),
     "largest": SelectorSpec(lambda i: select_largest(i.areas, i.scores)),
+    "point-aware": SelectorSpec(select_point_aware_choice, needs_points=True),
     "oracle": SelectorSpec(
         lambda i: select_oracle(_need_gt(i)), needs_gt=True, training_data=False
     ),

@@ -44,6 +44,7 @@ def full_run(tiny, tmp_path_factory):
         viz=out / "viz",
         viz_count=5,
         images=tiny.images_dir,
+        point_constraint=False,  # the plain MPS ranks (the constraint: tests/export/test_point_aware.py)
     )
     return run_export(cfg)
 
@@ -112,8 +113,9 @@ def test_aux_masks_hand_ranks_and_switches(tiny, tmp_path):
     prm = np.tile(np.array([0.1, 0.6, 0.3, 0.5, 0.2, 0.4], np.float32), (4, 1))
     sel_dir = write_selections(tiny.store_path, tmp_path / "sel", [0, 0, 0, 0], prm_scores=prm)
     cfg = ExportConfig(
-        tiny.store_path, tmp_path / "a.json", sel_dir, ("top1",), aux_masks=True
-    )  # forced on for a baseline
+        tiny.store_path, tmp_path / "a.json", sel_dir, ("top1",), aux_masks=True,
+        point_constraint=False,
+    )  # fmt: skip
     ann = _anns(run_export(cfg).outputs["top1"])[11]
     assert ann["aux_proposal_indices"] == [3, 2, 0]
     cfg = ExportConfig(tiny.store_path, tmp_path / "b.json", sel_dir, ("sapnet",), aux_masks=False)
