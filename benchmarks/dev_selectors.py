@@ -6,18 +6,20 @@ ODD ids the held-out half. Steps (each a subcommand; outputs under ``--work``):
     # 0. a proposal store of all images (classical backend), made beforehand:
     sapnet points --annotations GT.json --out W/points.json --seed 0
     sapnet propose --annotations W/points.json --images IMAGES --store W/store.zarr --backend classical
-    # 1. the fit half's store (same proposals, copied), to train the learned selector on it:
+    # 1. each half's store (same proposals, copied): W/fit.zarr, W/held_out.zarr
     python benchmarks/dev_selectors.py subset-store --work W
-    sapnet select --store W/fit.zarr ... --out W/select-fit          (make reproduce's CPU schedule)
-    sapnet select --store W/store.zarr --predict-only --checkpoint W/select-fit/selector.pt --out W/select
+    # train the learned selector on the fit half (make reproduce's CPU schedule; it predicts the fit half)
+    sapnet select --store W/fit.zarr ... --out W/select-fit
+    sapnet select --store W/held_out.zarr --predict-only --checkpoint W/select-fit/selector.pt \
+        --out W/select-held_out ...
     # 2. fit the point-aware choices on the fit half (grid over rule x scope x test), print the grid:
     python benchmarks/dev_selectors.py fit --work W --gt GT.json
-    # 3. export every selector over all images, evaluate each half separately, write the table:
+    # 3. export every selector on each half (learned path with and without the point constraint):
     python benchmarks/dev_selectors.py table --work W --gt GT.json
 
 ``fit`` writes ``W/point_aware_fit.json`` (the grid: mask mIoU of every choice on both halves, the choice
 with the best FIT-half value); ``table`` writes ``W/dev_table.md`` / ``.json``: per selector and half, mask
-mIoU, mIoU_box, group and local error rates (``sapnet evaluate``'s per-object metrics), with top1 and
+mIoU, mIoU_box, group and local error rates (the export report's per-object metrics), with top1 and
 oracle beside, and the share of the top1 -> oracle gap each selector closes.
 """
 
@@ -60,16 +62,17 @@ def fit_half(image_id: np.ndarray) -> np.ndarray:
     return np.asarray(image_id) % 2 == 0
 
 
-def subset_store(work: Path) -> Path:
-    """``W/fit.zarr``: the fit half's objects with the proposals of ``W/store.zarr`` (copied)."""
+def subset_store(work: Path, half: str = "fit") -> Path:
+    """``W/{half}.zarr``: the objects of one half (``fit`` or ``held_out``) with the proposals of
+    ``W/store.zarr`` (copied)."""
     full = ProposalStore.open(work / "store.zarr")
     doc = json.loads((work / "points.json").read_text())
-    keep = {im["id"] for im in doc["images"] if fit_half(im["id"])}
+    keep = {im["id"] for im in doc["images"] if fit_half(im["id"]) == (half == "fit")}
     doc["images"] = [im for im in doc["images"] if im["id"] in keep]
     doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in keep]
-    pts_path = work / "points.fit.json"
+    pts_path = work / f"points.{half}.json"
     pts_path.write_text(json.dumps(doc))
-    out = work / "fit.zarr"
+    out = work / f"{half}.zarr"
     store = ProposalStore.create(
         out,
         load_points(pts_path),
@@ -94,7 +97,7 @@ def subset_store(work: Path) -> Path:
             ),
         )  # fmt: skip
     store.finalize()
-    print(f"fit-half store: {len(objs)} objects on {len(store.images)} images -> {out}")
+    print(f"{half} store: {len(objs)} objects on {len(store.images)} images -> {out}")
     return out
 
 
@@ -155,60 +158,70 @@ def fit_point_aware(work: Path, gt_path: Path) -> dict[str, Any]:
     return out
 
 
-def _filter(doc: dict[str, Any], fit: bool) -> dict[str, Any]:
-    keep = {im["id"] for im in doc["images"] if fit_half(im["id"]) == fit}
+HALVES = ("fit", "held_out")
+METRICS = ("mask_miou", "box_miou", "group_rate", "local_rate")
+
+
+def _half_rows(work: Path, gt_path: Path, half: str, constraint: bool, choice: dict) -> dict:
+    """Export every selector on one half's store with its selections; the report's numbers per selector."""
+    from stages.export.config import ExportConfig
+    from stages.export.run import run_export
+
+    tag = "constrained" if constraint else "unconstrained"
+    out = work / f"pseudo-{half}-{tag}"
+    res = run_export(
+        ExportConfig(
+            store=work / f"{half}.zarr", out=out / "pseudo.json", selections=work / f"select-{half}",
+            selectors=SELECTORS, gt=gt_path, report=out / "report",
+            point_aware=PointAwareOptions(**choice), point_constraint=constraint,
+        )
+    )  # fmt: skip
+    assert res.report is not None
     return {
-        **doc,
-        "images": [im for im in doc["images"] if im["id"] in keep],
-        "annotations": [a for a in doc["annotations"] if a["image_id"] in keep],
+        c["name"]: {
+            "mask_miou": c["mask_iou"]["all"],
+            "box_miou": c["box_iou"]["all"],
+            "group_rate": c["errors"]["group"],
+            "local_rate": c["errors"]["local"],
+        }  # fmt: skip
+        for c in res.report["selectors"]
     }
 
 
-def table(work: Path, gt_path: Path, select_dir: Path, constraint: bool) -> dict[str, Any]:
-    """Export every selector over all images, evaluate each half, write ``W/dev_table.{md,json}``."""
-    from stages.export.config import EvaluateConfig, ExportConfig, output_paths
-    from stages.export.run import run_evaluate, run_export
-
+def table(work: Path, gt_path: Path) -> dict[str, Any]:
+    """Per half: export every selector (learned path with and without the point constraint) on that
+    half's store with the selections of ``W/select-{half}`` (trained on the fit half), and write
+    ``W/dev_table.{md,json}``."""
     choice = json.loads((work / "point_aware_fit.json").read_text())["choice"]
-    tag = "constrained" if constraint else "unconstrained"
-    out = work / f"pseudo-{tag}" / "pseudo.json"
-    cfg = ExportConfig(
-        store=work / "store.zarr", out=out, selections=select_dir, selectors=SELECTORS,
-        gt=gt_path, point_aware=PointAwareOptions(**choice), point_constraint=constraint,
-    )  # fmt: skip
-    run_export(cfg)
     rows: dict[str, dict[str, Any]] = {}
-    for name, path in output_paths(out, SELECTORS).items():
-        doc = json.loads(path.read_text())
-        for half, is_fit in (("fit", True), ("held_out", False)):
-            part = path.with_name(f"{path.stem}.{half}.json")
-            atomic_write_json(part, _filter(doc, is_fit))
-            res = run_evaluate(EvaluateConfig(pred=part, gt=gt_path))["selectors"][0]
-            rows.setdefault(name, {})[half] = {
-                "mask_miou": res["mask_iou"]["all"], "box_miou": res["box_iou"]["all"],
-                "group_rate": res["errors"]["group"], "local_rate": res["errors"]["local"],
-            }  # fmt: skip
+    for half in HALVES:
+        on = _half_rows(work, gt_path, half, True, choice)
+        off = _half_rows(work, gt_path, half, False, choice)
+        for name in SELECTORS:
+            rows.setdefault(name, {})[half] = on[name]
+        for name in ("psm", "sapnet"):
+            rows.setdefault(f"{name} (no constraint)", {})[half] = off[name]
     lines = [
         f"Dev data ({gt_path}), classical proposals; fit half = even image ids, held-out = odd. "
-        f"point-aware: {choice}; learned path {tag}.",
+        f"point-aware: {choice}. psm/sapnet: trained on the fit half, with the point constraint "
+        "(default) and without.",
         "",
         "| selector | half | mask mIoU | mIoU_box | group err | local err | gap closed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in SELECTORS:
-        for half in ("fit", "held_out"):
+    order = ["top1", "largest", "psm (no constraint)", "psm", "sapnet (no constraint)", "sapnet",
+             "point-aware", "oracle"]  # fmt: skip
+    for half in HALVES:
+        lo, hi = rows["top1"][half]["mask_miou"], rows["oracle"][half]["mask_miou"]
+        for name in order:
             r = rows[name][half]
-            lo, hi = rows["top1"][half]["mask_miou"], rows["oracle"][half]["mask_miou"]
-            gap = (r["mask_miou"] - lo) / (hi - lo) if hi and hi != lo else float("nan")
-            cells = [name, half] + [
-                f"{100 * r[k]:.1f}" if r[k] is not None else "-"
-                for k in ("mask_miou", "box_miou", "group_rate", "local_rate")
-            ]
-            lines.append("| " + " | ".join(cells) + f" | {100 * gap:.0f} % |")
+            gap = (r["mask_miou"] - lo) / (hi - lo) if hi > lo else float("nan")
+            cells = [name, half] + [f"{100 * r[k]:.1f}" for k in METRICS] + [f"{100 * gap:.0f} %"]
+            lines.append("| " + " | ".join(cells) + " |")
     md = "\n".join(lines)
     print(md)
-    atomic_write_bytes(work / f"dev_table.{tag}.md", (md + "\n").encode())
-    atomic_write_json(work / f"dev_table.{tag}.json", {"choice": choice, "rows": rows}, indent=2)
+    atomic_write_bytes(work / "dev_table.md", (md + "\n").encode())
+    atomic_write_json(work / "dev_table.json", {"choice": choice, "rows": rows}, indent=2)
     return rows
 
 
@@ -217,18 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=("subset-store", "fit", "table"))
     parser.add_argument("--work", type=Path, default=REPO / "runs/dev")
     parser.add_argument("--gt", type=Path, default=None, help="GT COCO JSON of the dev data")
-    parser.add_argument("--selections", type=Path, default=None, help="default: WORK/select")
-    parser.add_argument("--no-constraint", action="store_true", help="learned path unconstrained")
     args = parser.parse_args(argv)
     if args.step == "subset-store":
-        subset_store(args.work)
+        subset_store(args.work, "fit")
+        subset_store(args.work, "held_out")
         return 0
     if args.gt is None:
         parser.error("--gt is needed")
     if args.step == "fit":
         fit_point_aware(args.work, args.gt)
     else:
-        table(args.work, args.gt, args.selections or args.work / "select", not args.no_constraint)
+        table(args.work, args.gt)
     return 0
 
 

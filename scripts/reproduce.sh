@@ -13,7 +13,8 @@
 #             (report.md, report.json and report.html, the page to look at: OUT/pseudo/report/report.html)
 #   seg       sapnet train-seg on the sapnet pseudo labels, evaluated on val -> OUT/seg_sapnet/
 #   seg-top1  (FULL=1) the same on the top1 pseudo labels                      -> OUT/seg_top1/
-#   figure    (FIGURE=1, `make figure`) overlays of top1/psm/sapnet -> OUT/figure/, docs/figures/selectors-grid.png
+#   figure    (FIGURE=1, `make figure`) overlays of top1/psm/sapnet/point-aware -> OUT/figure/,
+#             docs/figures/selectors-grid.png
 #   table     the summary table (stages/report_table.py)                       -> OUT/table.md, OUT/table.json
 #
 # Rerunning resumes: a finished stage is skipped (marker OUT/.stages/NAME.done holding its command line).
@@ -195,7 +196,9 @@ run_stage select "train the MIL proposal selector ($SELECT_BACKBONE, weights $SE
 SIG_EXTRA="" RESUME_FILE=""
 
 # ---------------------------------------------------------------- export-pseudo + report
-SELECTORS=top1,largest,psm,sapnet,oracle
+# sapnet and psm keep off proposals holding another annotated point (--point-constraint, the default);
+# point-aware is the training-free choice from the other points (docs/method.md)
+SELECTORS=top1,largest,psm,sapnet,point-aware,oracle
 PSEUDO="$OUT/pseudo/pseudo.json"
 REPORT_DIR="$OUT/pseudo/report"
 run_stage export "pseudo labels of every selector + quality report against the train GT" "$OUT/pseudo" -- \
@@ -231,9 +234,10 @@ fi
 # ---------------------------------------------------------------- figure (FIGURE=1, `make figure`)
 if [[ "${FIGURE:-0}" == 1 ]]; then
     FIG_DIR="$OUT/figure"
-    run_stage figure "overlays of the training images (top1, psm, sapnet)" "$FIG_DIR" -- \
+    run_stage figure "overlays of the training images (top1, psm, sapnet, point-aware)" "$FIG_DIR" -- \
         "${SAPNET[@]}" export-pseudo --store "$STORE" --selections "$SELECT_DIR" \
-        --out "$FIG_DIR/pseudo.json" --selector top1,psm,sapnet --gt "$EX/train/annotations.json" \
+        --out "$FIG_DIR/pseudo.json" --selector top1,psm,sapnet,point-aware \
+        --gt "$EX/train/annotations.json" \
         --viz "$FIG_DIR/viz" --viz-count 20 --images "$EX/images"
     # one grid, scaled to 1200 px wide and palette-quantised so that it stays small enough to commit
     # FIGURE_IMAGE: the image shown (default: a baseball scene, 13 people), else the first grid drawn

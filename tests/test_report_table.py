@@ -92,11 +92,13 @@ def test_render_table_cells(report: dict) -> None:
     lines = {ln.split(":")[0].strip("| "): ln for ln in text.splitlines() if ln.startswith("| ")}
     assert "ctx line" in text
     cells = [c.strip() for c in lines["sapnet"].strip("|").split("|")]
-    assert cells[1:] == ["10", "71.2", "65.5", "30.1", "52.0", "3.2", "8.5"]
+    # gap closed: (71.2 - 50) / (90 - 50) of the top1 -> oracle mask-mIoU gap
+    assert cells[1:] == ["10", "71.2", "53.0", "65.5", "30.1", "52.0", "3.2", "8.5"]
     top1 = [c.strip() for c in lines["top1"].strip("|").split("|")]
     assert top1[-2:] == ["-", "-"]  # no SOLOv2 trained on top1
     largest = [c.strip() for c in lines["largest"].strip("|").split("|")]
-    assert largest[2] == "n/a"
+    assert largest[2] == "n/a" and largest[3] == "n/a"  # no mIoU, no gap share
+    assert top1[3] == "0.0" and [c.strip() for c in lines["oracle"].split("|")][4] == "100.0"
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
@@ -118,9 +120,17 @@ def test_main_writes_md_and_json(tmp_path: Path, report: dict, capsys) -> None:
     out = tmp_path / "table"
     assert main(["--pseudo-report", str(rep), "--seg", f"sapnet={seg_dir}", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| sapnet: SAPNet (PRM + BMS) | 10 | 71.2 | 65.5 | 30.1 | 52.0 | 4.0 | 9.0 |" in printed
+    assert "| sapnet: SAPNet (PRM + BMS) | 10 | 71.2 | 53.0 | 65.5 | 30.1 | 52.0 | 4.0 | 9.0 |" in printed
     assert out.with_suffix(".md").read_text() == printed
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["unit"] == "percent"
     assert [r["selector"] for r in doc["rows"]][3] == "sapnet"
     assert doc["rows"][3]["seg_ap"] == pytest.approx(4.0)
+    assert doc["rows"][3]["gap_closed"] == pytest.approx(53.0)
+
+
+def test_point_aware_row_before_oracle(report: dict) -> None:
+    report["selectors"].append(_col("point-aware", 0.7, 0.6, 0.3, 0.5))
+    rows = pseudo_rows(report)
+    assert [r.selector for r in rows][-2:] == ["point-aware", "oracle"]
+    assert "point-aware (other points, no training)" in render_table(rows)
