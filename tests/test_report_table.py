@@ -120,7 +120,10 @@ def test_main_writes_md_and_json(tmp_path: Path, report: dict, capsys) -> None:
     out = tmp_path / "table"
     assert main(["--pseudo-report", str(rep), "--seg", f"sapnet={seg_dir}", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| sapnet: SAPNet (PRM + BMS) | 10 | 71.2 | 53.0 | 65.5 | 30.1 | 52.0 | 4.0 | 9.0 |" in printed
+    assert (
+        "| sapnet: SAPNet (PRM + BMS) | 10 | 71.2 | 53.0 | 65.5 | 30.1 | 52.0 | 4.0 | 9.0 |"
+        in printed
+    )
     assert out.with_suffix(".md").read_text() == printed
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["unit"] == "percent"

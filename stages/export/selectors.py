@@ -87,10 +87,9 @@ def bag_box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, np.float64)
     wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
     inter = wh[..., 0] * wh[..., 1]
-    area = lambda x: (
-        np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)
-    )  # noqa: E731
-    union = area(a) + area(b) - inter
+    wa = np.clip(a[..., 2] - a[..., 0], 0, None) * np.clip(a[..., 3] - a[..., 1], 0, None)
+    wb = np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+    union = wa + wb - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
