@@ -8,8 +8,8 @@ Conventions: points ``xy (P, 2)`` are ``[x, y]`` pixel-index coordinates (the ce
 ``(c, r)``); boxes ``(P, M, 4)`` xyxy in edge coordinates; masks are the store's compressed COCO RLE.
 
 - :func:`neighbour_counts`: per proposal, how many OTHER objects' points of the same image it contains,
-  of the same class and of any class. ``test="mask"``: the point's pixel is in the mask (RLE arithmetic in
-  pycocotools, no decoding); ``test="box"``: strictly inside the box (the PDG test of the code).
+  of the same class and of any class. ``test="mask"``: the point's pixel is in the mask (looked up on the
+  RLE run lengths, no decoding); ``test="box"``: strictly inside the box (the PDG test of the code).
 - :func:`penalty`: the violation ranking: the same-class count, then (``scope="any"``) the any-class count.
   :func:`allowed` marks, per object, the proposals of minimal penalty: the clean ones when one exists,
   else the least bad (the fallback never leaves an object without a candidate).
@@ -64,31 +64,33 @@ class PointAwareOptions:
                 )
 
 
-def _point_rles(xy: np.ndarray, h: int, w: int) -> list[dict]:
-    """One-pixel COCO RLEs (compressed) of ``xy (K, 2)`` points, rounded and clipped into the image."""
-    col = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, w - 1)
-    row = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, h - 1)
-    idx = col * h + row  # column-major (Fortran) pixel index, as RLE counts run
+def _point_rles(pix: np.ndarray, h: int, w: int) -> list[dict]:
+    """One-pixel COCO RLEs (compressed) of integer pixels ``pix (K, 2)`` = ``[col, row]``."""
+    idx = pix[:, 0] * h + pix[:, 1]  # column-major (Fortran) pixel index, as RLE counts run
     raw = [{"size": [h, w], "counts": [int(i), 1, int(h * w - i - 1)]} for i in idx.tolist()]
     return mask_utils.frPyObjects(raw, h, w)
 
 
-def _contains_mask(counts: np.ndarray, xy: np.ndarray, h: int, w: int) -> np.ndarray:
+def _contains_mask(
+    counts: np.ndarray, xy: np.ndarray, h: int, w: int, boxes: np.ndarray | None = None
+) -> np.ndarray:
     """``(n, M, n)`` bool: proposal (i, m) of one image's n objects contains point j (mask test).
 
-    Only proposals whose tight box holds some point's pixel centre are tested (a mask pixel lies inside
-    the mask's box, so the others cannot contain it). pycocotools' IoU against a crowd region is
-    ``|a & b| / |a|``; with ``a`` a one-pixel point RLE it is 1 exactly when the pixel is in the mask.
+    Only proposals whose tight box (``boxes (n, M, 4)``; from the RLE when None) holds another point's
+    pixel centre are looked up (a mask pixel lies inside the mask's box). pycocotools' IoU against a
+    crowd region is ``|a & b| / |a|``; with ``a`` a one-pixel point RLE it is 1 exactly when the pixel is
+    in the mask, computed on the RLE without decoding.
     """
     n, m = counts.shape
     pix = np.stack(
         [np.clip(np.rint(xy[:, 0]), 0, w - 1), np.clip(np.rint(xy[:, 1]), 0, h - 1)], axis=1
-    )
-    boxes = np.asarray(mask_utils.toBbox(
-        [{"size": [h, w], "counts": str(c).encode("ascii")} for c in counts.reshape(-1)]
-    ), dtype=np.float64).reshape(n, m, 4)  # fmt: skip
-    boxes[..., 2:] += boxes[..., :2]  # xywh -> xyxy
+    ).astype(np.int64)
+    if boxes is None:
+        rles = [{"size": [h, w], "counts": str(c).encode("ascii")} for c in counts.reshape(-1)]
+        boxes = np.asarray(mask_utils.toBbox(rles), dtype=np.float64).reshape(n, m, 4)
+        boxes[..., 2:] += boxes[..., :2]  # xywh -> xyxy
     cand = _contains_box(boxes, pix)  # (n, M, n)
+    cand[np.arange(n), :, np.arange(n)] = False  # the object's own point
     inside = np.zeros((n, m, n), dtype=bool)
     flat = np.flatnonzero(cand.any(axis=2))
     if len(flat) == 0:
@@ -146,7 +148,8 @@ def neighbour_counts(
             continue
         if test == "mask":
             h, w = int(heights[rows[0]]), int(widths[rows[0]])
-            inside = _contains_mask(counts[rows], xy[rows], h, w)
+            sub = None if boxes is None else boxes[rows]
+            inside = _contains_mask(counts[rows], xy[rows], h, w, sub)
         else:
             inside = _contains_box(boxes[rows], xy[rows])
         n = len(rows)
