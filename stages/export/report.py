@@ -344,6 +344,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Ground truth: `{report['gt']}`; {report['num_images']} image(s). "
         "IoU, AP and error rates in percent.",
         "",
+        *[f"{note}\n" for note in report.get("notes", [])],
         header,
         sep,
     ]
@@ -375,10 +376,16 @@ def definitions(thr: ErrorThresholds) -> list[str]:
 
 
 def build_report(
-    results: list[dict[str, Any]], gt: GroundTruth, num_images: int, thr: ErrorThresholds
+    results: list[dict[str, Any]],
+    gt: GroundTruth,
+    num_images: int,
+    thr: ErrorThresholds,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The report document: GT, thresholds, definitions and one result dict per prediction set."""
+    """The report document: GT, thresholds, definitions, ``notes`` (lines shown above the table) and one
+    result dict per prediction set."""
     return {
+        "notes": list(notes or []),
         "gt": str(gt.path),
         "num_images": int(num_images),
         "thresholds": {

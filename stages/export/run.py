@@ -310,7 +310,15 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             results.append(
                 evaluate_predictions(preds, gt, img_ids, cfg.thresholds, gt_rows, cfg.ap_max_images)
             )
-        result.report = build_report(results, gt, len(images_json), cfg.thresholds)
+        notes = []
+        if inputs.allowed is not None:
+            pa = cfg.point_aware
+            notes.append(
+                f"Point test: {pa.test}, scope {pa.scope}; point-aware rule: {pa.rule}; point constraint "
+                f"on psm/sapnet/aux masks: {'on' if cfg.point_constraint else 'off'}; {n_fallback} "
+                "object(s) have no proposal free of other points."
+            )
+        result.report = build_report(results, gt, len(images_json), cfg.thresholds, notes)
         result.report_paths = write_report(result.report, cfg.report)
         log.info("report written to %s", result.report_paths[0])
     if cfg.report is not None:

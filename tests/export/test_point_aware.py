@@ -161,6 +161,9 @@ def test_point_aware_selector_end_to_end(tiny, tmp_path):
     assert info["point_aware"]["rule"] == "consensus" and info["training_data"]
     names = [r["name"] for r in res.report["selectors"]]
     assert names == ["point-aware", "top1"]
+    assert res.report_paths is not None
+    md = res.report_paths[0].read_text()
+    assert "point-aware rule: consensus" in md and "0 object(s) have no proposal free" in md
 
 
 def test_constraint_moves_learned_picks_and_aux_weights(tiny, tmp_path):
