@@ -44,12 +44,12 @@ class PointAwareOptions:
         rule: which allowed proposal wins (:data:`POINT_RULES`).
         scope: ``same``: only other points of the same class count; ``any``: same-class points first, then
             points of any class break the tie.
-        test: ``mask`` (point pixel inside the mask) or ``box`` (strictly inside the box).
+        test: ``box`` (strictly inside the box; ~10x cheaper) or ``mask`` (point pixel inside the mask).
     """
 
     rule: str = "consensus"
     scope: str = "any"
-    test: str = "mask"
+    test: str = "box"
 
     def validate(self) -> None:
         for name, allowed_values in (
