@@ -55,7 +55,8 @@ def export_pseudo(
         _PA.test,
         "--point-test",
         help="A proposal contains a point when the point's pixel centre is strictly inside its box "
-        "(box; cheap) or the pixel is in its mask (mask; about 10x slower). " + " | ".join(POINT_TESTS),
+        "(box; cheap) or the pixel is in its mask (mask; about 10x slower). "
+        + " | ".join(POINT_TESTS),
     ),
     point_constraint: bool = typer.Option(
         True,
