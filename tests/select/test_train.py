@@ -109,9 +109,9 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(synth, tmp_p
     real = forward_mod.psm_loss
     calls = {"n": 0}
 
-    def poisoned(bag, labels):
+    def poisoned(bag, labels, *args):
         calls["n"] += 1
-        loss = real(bag, labels)
+        loss = real(bag, labels, *args)
         return loss * float("nan") if calls["n"] == 5 else loss
 
     monkeypatch.setattr(forward_mod, "psm_loss", poisoned)
