@@ -25,27 +25,27 @@ if str(REPO) not in sys.path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.synthetic.ablation import ALL_ROWS, VARIANTS, run_benchmark
+    from stages.common.config import resolve_config
+    from stages.synthetic.ablation import ALL_ROWS, VARIANTS, BenchSyntheticConfig, bench_synthetic
 
+    # Defaults and help live in BenchSyntheticConfig (the same as `sapnet bench-synthetic --help`).
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "runs/bench/synthetic.json")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (3; quick: 1)")
-    parser.add_argument("--quick", action="store_true", help="the reduced run of the test suite")
-    parser.add_argument("--images", type=int, default=None, help="synthetic images per seed")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations per row")
-    parser.add_argument("--rows", nargs="+", choices=list(ALL_ROWS), default=None)
-    parser.add_argument("--work", type=Path, default=None, help="keep the run directories here")
-    parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=None,
-        help="selector variants, side by side (official: the defaults; clean: the paper-clean options)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    report = run_benchmark(
-        args.out, args.seeds, args.quick, args.images, args.iters, args.rows, args.work,
-        log=lambda line: print(line, flush=True), variants=args.variants,
-    )  # fmt: skip
+    omit = argparse.SUPPRESS
+    parser.add_argument("--out", type=Path, default=omit)
+    parser.add_argument("--seeds", type=int, default=omit)
+    parser.add_argument("--quick", action="store_true", default=omit)
+    parser.add_argument("--images", type=int, default=omit)
+    parser.add_argument("--iters", type=int, default=omit)
+    parser.add_argument("--rows", nargs="+", choices=list(ALL_ROWS), default=omit)
+    parser.add_argument("--work", type=Path, default=omit)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=omit)
+    parser.add_argument("--config", type=Path, default=None)
+    args = vars(parser.parse_args(argv))
+    config = args.pop("config")
+    cfg = resolve_config(BenchSyntheticConfig, config, args)
+    report = bench_synthetic(cfg, log=lambda line: print(line, flush=True))
     print(report["table"])
-    print(f"{report['seconds']:.0f} s; report written to {args.out}")
+    print(f"{report['seconds']:.0f} s; report written to {cfg.out}")
     return 0
 
 

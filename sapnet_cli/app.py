@@ -24,6 +24,7 @@ from sapnet_cli.commands import (
     select,
     train_seg,
 )
+from sapnet_cli.options import SapnetCommand
 from stages import __version__
 from stages.common.errors import SapnetError
 from stages.common.io import output_error
@@ -75,15 +76,15 @@ def _root(
     )
 
 
-app.command("points")(points.points)
-app.command("propose")(propose.propose)
-app.command("select")(select.select)
-app.command("export-pseudo")(export_pseudo.export_pseudo)
-app.command("evaluate")(evaluate.evaluate)
-app.command("train-seg")(train_seg.train_seg)
-app.command("bench-synthetic")(bench_synthetic.bench_synthetic)
-app.command("review")(review.review)
-app.command("merge-corrections")(review.merge_corrections)
+app.command("points", cls=SapnetCommand)(points.points)
+app.command("propose", cls=SapnetCommand)(propose.propose)
+app.command("select", cls=SapnetCommand)(select.select)
+app.command("export-pseudo", cls=SapnetCommand)(export_pseudo.export_pseudo)
+app.command("evaluate", cls=SapnetCommand)(evaluate.evaluate)
+app.command("train-seg", cls=SapnetCommand)(train_seg.train_seg)
+app.command("bench-synthetic", cls=SapnetCommand)(bench_synthetic.bench_synthetic)
+app.command("review", cls=SapnetCommand)(review.review)
+app.command("merge-corrections", cls=SapnetCommand)(review.merge_corrections)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,10 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.common.config import option
 from stages.common.errors import InputError
 from stages.export.point_aware import PointAwareOptions
 
 SELECTOR_NAMES = ("sapnet", "psm", "top1", "largest", "point-aware", "oracle")
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """``"sapnet, top1"`` -> ``("sapnet", "top1")`` (the ``--selector`` list)."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
 # MPS (METHOD section 7): PRM-score ranks of the auxiliary masks (1 = best) and the weight of each.
 AUX_RANKS = (2, 4, 6)
 AUX_WEIGHT = 0.5 / 6
@@ -30,9 +38,14 @@ class ErrorThresholds:
       of the selected mask lies inside that GT (``|sel & gt| / |sel| >= local_inside``): a part of the object.
     """
 
-    group_cover: float = 0.5
-    local_iou: float = 0.5
-    local_inside: float = 0.8
+    group_cover: float = option(
+        0.5,
+        "Report: a 'group' error covers at least this fraction of another same-class GT instance.",
+    )
+    local_iou: float = option(0.5, "Report: a 'local' error has IoU with its GT below this.")
+    local_inside: float = option(
+        0.8, "Report: and at least this fraction of the 'local' mask lies inside its GT."
+    )
 
 
 @dataclass
@@ -59,20 +72,68 @@ class ExportConfig:
             first, then any class with scope "any") when an alternative exists.
     """
 
-    store: Path
-    out: Path
-    selections: Path | None = None
-    selectors: tuple[str, ...] = ("sapnet",)
-    aux_masks: bool | None = None
-    gt: Path | None = None
-    report: Path | None = None
-    viz: Path | None = None
-    viz_count: int = 20
-    images: Path | None = None
+    store: Path = option(
+        help="Proposal store (OUT.zarr written by `sapnet propose`).", metavar="PATH"
+    )
+    out: Path = option(
+        help="Pseudo-label COCO JSON of the first selector. With several selectors, every other one "
+        "writes OUT.<selector>.json beside it (pseudo.json -> pseudo.top1.json).",
+        metavar="PATH",
+    )
+    selections: Path | None = option(
+        None,
+        "`sapnet select` run folder (selections.npz); needed by sapnet, psm and --aux-masks.",
+        metavar="DIR",
+    )
+    selectors: tuple[str, ...] = option(
+        ("sapnet",),
+        "Selector, or a comma-separated list compared side by side in the report: "
+        + ", ".join(SELECTOR_NAMES)
+        + ". top1 = backend's best score (SAM-top1), largest = largest area, psm = PSM only, "
+        "sapnet = final SAPNet choice, point-aware = training-free choice among the proposals that "
+        "contain no other annotated point, oracle = best IoU with --gt (upper bound, not training "
+        "data).",
+        flag="--selector",
+        from_cli=split_names,
+        metavar="NAMES",
+    )
+    aux_masks: bool | None = option(
+        None,
+        "Add MPS auxiliary masks (proposals ranked 2nd/4th/6th by PRM score, weight 0.5/6 each) "
+        "as aux_segmentations/aux_weights. Default: on for the sapnet selector only.",
+    )
+    gt: Path | None = option(
+        None,
+        "Ground-truth COCO JSON with masks (matched by annotation id); needed by oracle and "
+        "--report, and draws GT outlines in --viz.",
+        metavar="PATH",
+    )
+    report: Path | None = option(
+        None,
+        "Folder for report.html (a self-contained page: quality table and charts, a sortable "
+        "gallery of every selector's masks, each object's proposals; thumbnails in report_files/) and, "
+        "with --gt, report.md and report.json: mask/box mIoU by size, COCO AP, Gap, group/local errors.",
+        metavar="DIR",
+    )
+    viz: Path | None = option(
+        None, "Folder for PNG overlays (one per selector and a comparison grid).", metavar="DIR"
+    )
+    viz_count: int = option(20, "Number of images drawn by --viz (the most crowded first).")
+    images: Path | None = option(
+        None,
+        "Folder of the image files, for --viz and report.html (default: the folder `sapnet "
+        "propose` read; without images, a grey canvas).",
+        metavar="DIR",
+    )
     thresholds: ErrorThresholds = field(default_factory=ErrorThresholds)
     ap_max_images: int | None = AP_MAX_IMAGES
     point_aware: PointAwareOptions = field(default_factory=PointAwareOptions)
-    point_constraint: bool = True
+    point_constraint: bool = option(
+        True,
+        "Keep the sapnet and psm picks (sapnet: the proposal matched to the BMS box) and the MPS aux "
+        "masks off proposals that contain another annotated point when an alternative exists "
+        "(aux masks that do get weight 0).",
+    )
 
     def validate(self) -> None:
         """InputError for inconsistent options (unknown selector, oracle without GT, ...)."""
@@ -124,9 +185,19 @@ class EvaluateConfig:
     report.html (else a grey canvas).
     """
 
-    pred: Path
-    gt: Path
-    report: Path | None = None
-    images: Path | None = None
+    pred: Path = option(
+        help="Predictions: a COCO instances file (with 'annotations', e.g. `export-pseudo` output) or a "
+        "COCO results list. Per-object IoU/error metrics need annotation ids matching the GT.",
+        metavar="PATH",
+    )
+    gt: Path = option(help="Ground-truth COCO JSON with masks.", metavar="PATH")
+    report: Path | None = option(
+        None,
+        "Folder for report.md, report.json, report.html and config.yaml (else only printed).",
+        metavar="DIR",
+    )
+    images: Path | None = option(
+        None, "Folder of the image files drawn in report.html (else a grey canvas).", metavar="DIR"
+    )
     thresholds: ErrorThresholds = field(default_factory=ErrorThresholds)
     ap_max_images: int | None = AP_MAX_IMAGES

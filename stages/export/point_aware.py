@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from stages.common.config import option
 from stages.common.errors import InputError
 
 POINT_RULES = ("consensus", "median-area", "score", "largest", "smallest")
@@ -47,9 +48,27 @@ class PointAwareOptions:
         test: ``box`` (strictly inside the box; ~10x cheaper) or ``mask`` (point pixel inside the mask).
     """
 
-    rule: str = "consensus"
-    scope: str = "any"
-    test: str = "box"
+    rule: str = option(
+        "consensus",
+        "point-aware: which proposal wins among those without another point (consensus = highest "
+        "mean mask IoU with the bag's proposals; fitted on half the dev data).",
+        flag="--point-rule",
+        choices=POINT_RULES,
+    )
+    scope: str = option(
+        "any",
+        "Points that count against a proposal: same (other points of the same class) or any "
+        "(same class first, then any class). Also used by --point-constraint.",
+        flag="--point-scope",
+        choices=POINT_SCOPES,
+    )
+    test: str = option(
+        "box",
+        "A proposal contains a point when the point's pixel centre is strictly inside its box "
+        "(box; cheap) or the pixel is in its mask (mask; about 10x slower).",
+        flag="--point-test",
+        choices=POINT_TESTS,
+    )
 
     def validate(self) -> None:
         for name, allowed_values in (

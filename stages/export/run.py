@@ -476,6 +476,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     report = build_report([res], gt, len(img_ids), cfg.thresholds)
     if cfg.report is not None:
         md, _ = write_report(report, cfg.report)
+        save_resolved_config(cfg, Path(cfg.report) / "config.yaml")
         log.info("report written to %s", md)
         if preds.rles is not None:
             _evaluate_html(cfg, preds, gt, gt_rows, doc, report)

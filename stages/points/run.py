@@ -10,8 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from stages.common.annotations import OnError, Problem, load_coco, parse_images
-from stages.common.config import save_resolved_config, sidecar_config_path
+from stages.common.annotations import Problem, load_coco, parse_images
+from stages.common.config import option, save_resolved_config, sidecar_config_path
 from stages.common.errors import InputError
 from stages.common.io import atomic_write_json, check_output_path, sha256_file
 from stages.common.masks import segmentation_to_mask
@@ -20,16 +20,33 @@ from stages.points.sampler import MODES, Mode, object_rng, sample_point_in_mask
 log = logging.getLogger(__name__)
 
 
+ON_ERROR = ("fail", "skip")
+
+
 @dataclass
 class PointsConfig:
-    """Options of `sapnet points`."""
+    """Settings of `sapnet points` (each field's help text is its ``--help`` line)."""
 
-    annotations: Path
-    out: Path
-    seed: int = 0
-    mode: Mode = "center-gaussian"
-    on_error: OnError = "fail"
-    progress: bool = True
+    annotations: Path = option(
+        help="COCO instances JSON with ground-truth masks (GT.json).", metavar="PATH"
+    )
+    out: Path = option(
+        help="Output points JSON: the input with 'point': [x, y] on every object.", metavar="PATH"
+    )
+    seed: int = option(0, "Random seed; the same seed gives the same points.")
+    mode: str = option(
+        "center-gaussian",
+        "center-gaussian: P2BNet quasi-centre sampler (gaussian sigma 0.25 of the box, times the mask "
+        "and a central ellipse, jittered); uniform: any mask pixel; center: the mask pixel nearest to "
+        "the centre of mass.",
+        choices=MODES,
+    )
+    on_error: str = option(
+        "fail",
+        "fail: stop on the first bad annotation (nothing written); skip: drop it, log it and go on.",
+        choices=ON_ERROR,
+    )
+    progress: bool = option(True, "Show a progress bar.")
 
 
 @dataclass
@@ -123,7 +140,11 @@ def run_points(cfg: PointsConfig) -> PointsResult:
         raise InputError(f"--out {cfg.out} would overwrite the input annotations file")
     check_output_path(cfg.out, "file", "--out")
     points, problems = sample_points_checked(
-        coco, cfg.mode, cfg.seed, source, progress=cfg.progress
+        coco,
+        cfg.mode,
+        cfg.seed,
+        source,
+        progress=cfg.progress,  # type: ignore[arg-type]
     )
     if problems and cfg.on_error == "fail":
         listed = "\n  ".join(str(p) for p in problems[:10])

@@ -20,7 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.common.annotations import OnError, PointSet, load_points, missing_image_files
-from stages.common.config import config_to_dict
+from stages.common.config import (
+    config_to_dict,
+    option,
+    save_resolved_config,
+    sidecar_config_path,
+)
 from stages.common.devices import (
     check_parallel_options,
     parse_devices,
@@ -38,26 +43,71 @@ from stages.propose.store import STATUS_DONE, STATUS_FAILED, ProposalStore, Unit
 log = logging.getLogger(__name__)
 
 
+ON_ERROR = ("fail", "skip")
+
+
 @dataclass
 class ProposeConfig:
-    """Options of `sapnet propose` (defaults: the SAPNet reference, M = 6)."""
+    """Settings of `sapnet propose` (each field's help text is its ``--help`` line; M = 6 as SAPNet)."""
 
-    annotations: Path
-    images: Path
-    store: Path
-    backend: str = "sam"
-    model: str | None = None  # None: the backend's own default (sam vit_h, sam2 hiera_l/hiera_t)
-    checkpoint: Path | None = None
-    proposals_per_point: int = 6
-    device: str = "auto"
-    shard: str | None = None
-    batch_points: int = 64
-    precision: str | None = None  # None: the backend's own default (fp32; sam2 on CUDA: bf16)
-    overwrite: bool = False
-    on_error: OnError = "fail"
-    chunk_points: int = 512
-    devices: str | list[str] | None = None
-    progress: bool = True
+    annotations: Path = option(
+        help="Points JSON (COCO instances with 'point': [x, y] per object).", metavar="PATH"
+    )
+    images: Path = option(help="Folder holding the images' file_name paths.", metavar="DIR")
+    store: Path = option(help="Output zarr store (OUT.zarr); resumable.", metavar="PATH")
+    backend: str = option(
+        "sam",
+        "sam (segment-anything), mobile-sam (needs the 'mobile' extra), sam2 (SAM 2.1, needs the "
+        "'sam2' extra), classical (weight-free, for offline use and CI), or your own as "
+        "package.module:factory.",
+    )
+    model: str | None = option(
+        None,
+        "sam: vit_h (default) | vit_l | vit_b; mobile-sam: vit_t; sam2: hiera_t | hiera_s | "
+        "hiera_b+ | hiera_l (default hiera_l on CUDA, hiera_t on CPU).",
+    )
+    checkpoint: Path | None = option(
+        None,
+        "SAM checkpoint file. Default: $SAPNET_SAM_CHECKPOINT ($SAPNET_SAM2_CHECKPOINT for sam2), "
+        "else the official file, downloaded once into the cache (checksum-verified).",
+        metavar="PATH",
+    )
+    proposals_per_point: int = option(6, "M proposals per point (SAPNet uses 6: 3 point + 3 box).")
+    device: str = option("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N.")
+    shard: str | None = option(
+        None,
+        "I/N: process the I-th of N disjoint parts of the images, so N processes (GPUs or "
+        "machines on a shared filesystem) fill one store. Under torchrun it comes from RANK/WORLD_SIZE.",
+        metavar="I/N",
+    )
+    batch_points: int = option(
+        64, "Points decoded together per SAM call (larger pays off on GPUs)."
+    )
+    precision: str | None = option(
+        None,
+        "fp32 | bf16 | fp16 (autocast, CUDA only) for the SAM backends. Default: fp32; sam2 on "
+        "CUDA: bf16 (as SAM 2's official examples).",
+    )
+    overwrite: bool = option(
+        False, "Replace a store made from other inputs or another backend.", flag="--overwrite"
+    )
+    on_error: str = option(
+        "fail",
+        "fail: stop at a bad annotation or image (finished work is kept); skip: record the "
+        "problem in the store and the log, and go on.",
+        choices=ON_ERROR,
+    )
+    chunk_points: int = option(
+        512, "Points per work unit / zarr chunk (the granularity of resuming and sharding)."
+    )
+    devices: list[str] | None = option(
+        None,
+        "Comma-separated devices, e.g. 0,1,2,3 (= cuda:0..3) or cpu,cpu: one worker per device on "
+        "this machine, each taking one shard (not with --shard or under torchrun).",
+        from_cli=parse_devices,
+        metavar="LIST",
+    )
+    progress: bool = option(True, "Show a progress bar.")
 
 
 @dataclass
@@ -310,6 +360,8 @@ def run_propose(cfg: ProposeConfig) -> ProposeSummary:
 
     backend = _make_backend(cfg)
     store = _open_or_create(cfg, points, backend, (shard, num_shards))
+    if shard == 0:
+        save_resolved_config(cfg, sidecar_config_path(cfg.store))
     summary = ProposeSummary(store=Path(cfg.store), shard=(shard, num_shards))
     mine = store.units_for_shard(shard, num_shards)
     done = store.units_done()

@@ -1,8 +1,9 @@
-"""`SelectConfig`: every setting of `sapnet select` (the SAPNet proposal selector), with METHOD.md defaults.
+"""`SelectConfig`: every setting of `sapnet select` (the SAPNet proposal selector), with the method's defaults.
 
-Sources, lowest priority first: the dataclass defaults (METHOD.md sections 2, 3, 4, 5, 9), a YAML/JSON config
-file (``--config``), then the command-line options that were given. :func:`build_config` merges them and
-:meth:`SelectConfig.validate` checks the result (InputError naming the option).
+The defaults are the official code's (docs/method.md). Sources, lowest priority first: the dataclass defaults,
+a YAML/JSON config file (``--config``), the command-line options that were given, then ``--opts KEY VALUE``
+(:func:`stages.common.config.resolve_config`); :meth:`SelectConfig.validate` checks the result (InputError
+naming the option) without changing it.
 
 Ablation switches (paper Table 4; see ``ABLATIONS``)::
 
@@ -12,18 +13,17 @@ Ablation switches (paper Table 4; see ``ABLATIONS``)::
     +PNPG     --no-bms                                + PPG positives (M + 20 bag) and NPG negatives
     +BMS      (defaults)                              + box mining on the PRM pick (the full selector)
 
-``--no-pnpg`` switches off both halves of PNPG; the config file may switch them separately with
+``--no-pnpg`` switches off both halves of PNPG; the config file or ``--opts`` may switch them separately with
 ``use_ppg`` / ``use_npg`` (paper Table 6).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common.config import apply_overrides, load_config_file
+from stages.common.config import check_choices, option, resolve_config
 from stages.common.devices import normalize_device
 from stages.common.errors import InputError
 
@@ -67,27 +67,26 @@ ABLATIONS: dict[str, dict[str, bool]] = {
 
 @dataclass
 class SelectConfig:
-    """Settings of one `sapnet select` run.
+    """Settings of one `sapnet select` run; the fields with help text are also command-line options.
 
     Paths: ``store`` (proposal store from `sapnet propose`), ``images`` (folder with the store's images),
-    ``out`` (run directory), ``config`` (the config file that was read, if any), ``checkpoint`` (weights for
-    ``predict_only``).
+    ``out`` (run directory), ``checkpoint`` (weights for ``predict_only``).
 
     Model: ``backbone`` resnet50 | resnet18; ``weights`` "imagenet" (torchvision weights, downloaded or from
     the torch cache), "none" (random init) or a path to a state dict of the backbone (or of the whole
-    selector); ``fpn_channels`` 256 and ``fc_dim`` 1024 (METHOD 2, 3.1).
+    selector); ``fpn_channels`` and ``fc_dim`` (docs/method.md, "Selector network").
 
-    Schedule (METHOD 9): ``epochs`` 12 or ``iters`` (when set, it wins); ``batch_size`` images per process;
-    ``lr`` None = 0.015 x total batch / 32; ``momentum`` 0.9, ``weight_decay`` 1e-4, ``grad_clip`` 35 (L2),
-    ``warmup_iters`` 500 from ``warmup_ratio`` 0.001, x0.1 steps at ``lr_steps`` = fractions 8/12 and 11/12
-    of the run (epochs 8 and 11 of 12), ``flip`` 0.5.
+    Schedule (docs/method.md, "Training schedule"): ``epochs`` or ``iters`` (when set, it wins);
+    ``batch_size`` images per process; ``lr`` None = 0.015 x total batch / 32; ``momentum``,
+    ``weight_decay``, ``grad_clip`` (L2), ``warmup_iters`` from ``warmup_ratio``, x``lr_gamma`` steps at
+    ``lr_steps`` = fractions of the run (epochs 8 and 11 of 12), ``flip`` probability.
 
     Method switches: ``use_pdg``, ``use_prm``, ``use_ppg``, ``use_npg``, ``use_bms``; ``pdg_mode`` "logits"
     (code: class logits x S^d in the PSM loss) or "paper" (S^d multiplied into S_cls * S_ins, also for the
     PSM pick); ``pdg_power`` d = 1/64, ``pdg_distance_power`` 0.5; ``num_negatives`` 500 background negatives per
     image; BMS ``bms_t1`` 0.6, ``bms_t2`` 0.3.
 
-    Official-code behaviour (defaults) and the cleaner variants (docs/method.md, "Official behaviour"):
+    Official-code behaviour (defaults) and the cleaner variants (docs/method.md §14):
     ``top1_box`` "weighted" (the box handed to BMS is the top-1 proposal times ``s / (s + 1e-8)`` in
     float32, s = its selection score, as the code's top-k average with k = 1) or "exact" (the proposal
     itself); ``ppg_base`` "code" (stage-0 BMS box matched to the first proposal within strictly < 1 px on
@@ -100,18 +99,36 @@ class SelectConfig:
     ``checkpoint_interval`` extra checkpoint every N iterations (0: epochs and end only); ``progress`` tqdm bars.
     """
 
-    store: str = ""
-    images: str = ""
-    out: str = ""
-    config: str | None = None
-    backbone: str = "resnet50"
-    weights: str = "imagenet"
+    store: str = option(
+        "", "Proposal store (STORE.zarr) written by `sapnet propose`. Required.", metavar="PATH"
+    )
+    images: str = option(
+        "",
+        "Folder with the store's images (the file names of its source JSON). Required.",
+        metavar="DIR",
+    )
+    out: str = option(
+        "",
+        "Run directory: selections, selector.pt, checkpoints/, metrics.jsonl, config.yaml. Required.",
+        metavar="DIR",
+    )
+    backbone: str = option(
+        "resnet50", "ResNet of the selector (resnet50 as the paper).", choices=BACKBONES
+    )
+    weights: str = option(
+        "imagenet",
+        "Backbone init: imagenet (torchvision weights), none (random) or a state-dict PATH.",
+    )
     fpn_channels: int = 256
     fc_dim: int = 1024
-    epochs: int = 12
-    iters: int | None = None
-    batch_size: int = 4
-    lr: float | None = None
+    epochs: int = option(12, "Training epochs (lr steps at lr_steps fractions of the run).")
+    iters: int | None = option(
+        None, "Training iterations instead of --epochs (same schedule fractions)."
+    )
+    batch_size: int = option(4, "Images per process and step.")
+    lr: float | None = option(
+        None, f"Base learning rate (default {REFERENCE_LR} x total batch / {REFERENCE_BATCH})."
+    )
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: float = 35.0
@@ -120,29 +137,59 @@ class SelectConfig:
     lr_steps: tuple[float, ...] = (8 / 12, 11 / 12)
     lr_gamma: float = 0.1
     flip: float = 0.5
-    short_side: int = 800
-    max_size: int = 1333
-    use_pdg: bool = True
-    use_prm: bool = True
+    short_side: int = option(800, "Resize the short image side to this.")
+    max_size: int = option(1333, "Upper limit of the long image side.")
+    use_pdg: bool = option(True, "Point distance guidance (PDG).", flag="--pdg/--no-pdg")
+    use_prm: bool = option(
+        True,
+        "The refinement stage (PRM); without it PSM only, and no PPG/NPG.",
+        flag="--prm/--no-prm",
+    )
     use_ppg: bool = True
     use_npg: bool = True
-    use_bms: bool = True
-    pdg_mode: str = "logits"
+    use_bms: bool = option(True, "Box mining on the final pick (BMS).", flag="--bms/--no-bms")
+    pdg_mode: str = option("logits", cli=False, choices=PDG_MODES)
     pdg_power: float = 1.0 / 64.0
     pdg_distance_power: float = 0.5
-    ppg_base: str = "code"
-    top1_box: str = "weighted"
-    head_init: str = "normal"
-    psm_normalise: str = "valid-bags"
+    ppg_base: str = option(
+        "code",
+        "PPG base box: code (the official code: the stage-0 BMS box matched to a proposal within "
+        "< 1 px, else proposal 5) or psm (the top-1 PSM proposal, as the paper reads).",
+        choices=PPG_BASES,
+    )
+    top1_box: str = option(
+        "weighted",
+        "Box BMS starts from: weighted (the official code: the top-1 proposal times s / (s + 1e-8) in "
+        "float32, so low-score picks mostly stay unmerged) or exact (the proposal).",
+        choices=TOP1_BOXES,
+    )
+    head_init: str = option(
+        "normal",
+        "Init of the head's shared FCs: normal (the official Normal(0, 0.01) on every Linear) or "
+        "xavier (Xavier uniform).",
+        choices=HEAD_INITS,
+    )
+    psm_normalise: str = option(
+        "valid-bags",
+        "Stage-0 loss average: valid-bags (the official code: over bags with at least one valid "
+        "proposal) or all-bags.",
+        choices=PSM_NORMALISE,
+    )
     num_negatives: int = 500
     bms_t1: float = 0.6
     bms_t2: float = 0.3
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 2
-    resume: bool = False
-    predict_only: bool = False
-    checkpoint: str | None = None
+    device: str = option("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N.")
+    seed: int = option(0, "Seed of init, data order, flips, negatives.")
+    num_workers: int = option(2, "Data-loading worker processes.")
+    resume: bool = option(
+        False, "Continue from OUT/checkpoints/last.pt (same options required).", flag="--resume"
+    )
+    predict_only: bool = option(
+        False, "Skip training; predict with --checkpoint.", flag="--predict-only"
+    )
+    checkpoint: str | None = option(
+        None, "selector.pt or last.pt to predict with (--predict-only).", metavar="PATH"
+    )
     checkpoint_interval: int = 0
     progress: bool = True
 
@@ -153,12 +200,17 @@ class SelectConfig:
         return REFERENCE_LR * self.batch_size * world_size / REFERENCE_BATCH
 
     def flags(self) -> dict[str, Any]:
-        """The method switches, as recorded in the selections metadata."""
+        """The method switches in effect, as recorded in the selections metadata.
+
+        PNPG only feeds the PRM stage, so without PRM there are no PPG positives and no NPG negatives
+        whatever ``use_ppg`` / ``use_npg`` say (``--no-prm`` implies ``--no-pnpg``; this is the one
+        place where that rule is applied).
+        """
         return {
             "use_pdg": self.use_pdg,
             "use_prm": self.use_prm,
-            "use_ppg": self.use_ppg,
-            "use_npg": self.use_npg,
+            "use_ppg": self.use_prm and self.use_ppg,
+            "use_npg": self.use_prm and self.use_npg,
             "use_bms": self.use_bms,
             "pdg_mode": self.pdg_mode,
             "ppg_base": self.ppg_base,
@@ -168,25 +220,14 @@ class SelectConfig:
         }
 
     def validate(self) -> SelectConfig:
-        """InputError naming the first bad option; returns self."""
+        """InputError naming the first bad option; returns self unchanged."""
         if not self.store:
             raise InputError("--store is required (a proposal store made by `sapnet propose`)")
         if not self.images:
             raise InputError("--images is required (the folder holding the store's images)")
         if not self.out:
             raise InputError("--out is required (the run directory)")
-        choices = {
-            "backbone": BACKBONES,
-            "pdg_mode": PDG_MODES,
-            "ppg_base": PPG_BASES,
-            "top1_box": TOP1_BOXES,
-            "head_init": HEAD_INITS,
-            "psm_normalise": PSM_NORMALISE,
-        }
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        check_choices(self)
         normalize_device(self.device)
         positive = {
             "epochs": self.epochs,
@@ -224,60 +265,21 @@ class SelectConfig:
             raise InputError("--checkpoint is only used with --predict-only")
         if self.checkpoint and not Path(self.checkpoint).is_file():
             raise InputError(f"checkpoint file not found: {self.checkpoint}")
-        if not self.use_prm:  # PNPG only feeds the PRM stage: --no-prm implies --no-pnpg
-            self.use_ppg = self.use_npg = False
         return self
 
 
-def _normalise_file_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """Config-file keys may use dashes; ``use_pnpg`` sets both ``use_ppg`` and ``use_npg``."""
-    out = {str(k).replace("-", "_"): v for k, v in data.items()}
-    if "use_pnpg" in out:
-        both = out.pop("use_pnpg")
-        if not isinstance(both, bool):
-            raise InputError(f"use_pnpg in {source} must be true or false; got {both!r}")
-        out.setdefault("use_ppg", both)
-        out.setdefault("use_npg", both)
-    if "lr_steps" in out and isinstance(out["lr_steps"], list):
-        out["lr_steps"] = tuple(out["lr_steps"])
-    return out
+def build_config(
+    config_file: str | Path | None = None,
+    opts: list[tuple[str, str]] | None = None,
+    **cli: Any,
+) -> SelectConfig:
+    """Merge the defaults, an optional config file, the given settings and ``opts``; validated.
 
-
-def _check_types(overrides: dict[str, Any], source: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(SelectConfig)}
-    for name, value in overrides.items():
-        if name not in fields:
-            continue  # apply_overrides names unknown options
-        default = fields[name].default
-        if value is None or default is None or isinstance(default, str | tuple):
-            continue
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise InputError(f"{name} in {source} must be true or false; got {value!r}")
-        elif isinstance(default, int | float) and (
-            isinstance(value, bool) or not isinstance(value, int | float)
-        ):
-            raise InputError(f"{name} in {source} must be a number; got {value!r}")
-
-
-def build_config(config_file: str | Path | None = None, **cli: Any) -> SelectConfig:
-    """Merge the defaults, an optional config file and the CLI options that are not None; validated.
-
-    ``cli`` keys are SelectConfig field names; a value of None means "not given on the command line".
-    Giving ``iters`` on either level clears a lower-level ``epochs`` choice (``iters`` wins when set).
+    ``cli`` keys are SelectConfig field names (leave out what is not given). Giving ``epochs`` without
+    ``iters`` clears a config file's ``iters`` (``iters`` wins when set).
     """
-    cfg = SelectConfig()
-    if config_file is not None:
-        data = _normalise_file_keys(load_config_file(config_file), str(config_file))
-        data.pop("config", None)
-        _check_types(data, str(config_file))
-        cfg = apply_overrides(cfg, data, source=f"config file {config_file}")
-        cfg.config = str(config_file)
-    given = {k: v for k, v in cli.items() if v is not None}
-    if "epochs" in given and "iters" not in given:
-        given["iters"] = None
-    _check_types(given, "the command line")
-    cfg = apply_overrides(cfg, given, source="the command line")
-    if isinstance(cfg.lr_steps, list):
-        cfg.lr_steps = tuple(cfg.lr_steps)
-    return cfg.validate()
+    if "epochs" in cli and "iters" in cli and cli["iters"] is not None:
+        raise InputError("give --epochs or --iters, not both")
+    if "epochs" in cli:
+        cli["iters"] = None
+    return resolve_config(SelectConfig, config_file, cli, opts)

@@ -76,7 +76,11 @@ class MethodOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> MethodOptions:
-        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
+        """The options of ``cfg``, with the switches in effect (``SelectConfig.flags``) when it has them."""
+        values = {f: getattr(cfg, f) for f in cls.__dataclass_fields__}
+        if hasattr(cfg, "flags"):
+            values.update({k: v for k, v in cfg.flags().items() if k in values})
+        return cls(**values)
 
 
 @dataclass

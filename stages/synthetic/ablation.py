@@ -39,11 +39,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stages.common.config import option, save_resolved_config, sidecar_config_path
 from stages.common.errors import InputError
 from stages.common.masks import decode_rles, segmentation_to_mask
 from stages.select.config import ABLATIONS, SelectConfig
@@ -323,6 +325,56 @@ QUICK_TRAIN: dict[str, Any] = dict(BENCH_TRAIN)
 QUICK_SEEDS = 1
 QUICK_ROWS = ["mil1", "mil1+BMS", "+PNPG", "+BMS"]
 """The reduced run's rows: two trainings (mil1, +PNPG), each also predicted with BMS."""
+
+
+@dataclass
+class BenchSyntheticConfig:
+    """Settings of `sapnet bench-synthetic` (each field's help text is its ``--help`` line)."""
+
+    out: Path = option(Path("runs/bench/synthetic.json"), "JSON report (the table is printed too).")
+    seeds: int | None = option(
+        None,
+        f"Number of seeds (datasets and training seeds); default {BENCH_SEEDS}, quick {QUICK_SEEDS}.",
+    )
+    quick: bool = option(False, "The reduced run of the test suite (1-2 minutes).", flag="--quick")
+    images: int | None = option(None, "Synthetic images per seed.")
+    iters: int | None = option(None, "Training iterations per row.")
+    rows: list[str] | None = option(
+        None,
+        "Only these rows (repeat the option): "
+        + ", ".join(ALL_ROWS)
+        + ". Default: the Table 4 rows.",
+        flag="--row",
+        metavar="NAME",
+    )
+    work: Path | None = option(
+        None, "Keep the datasets and run directories here (default: a temp folder)."
+    )
+    variants: list[str] | None = option(
+        None,
+        "Selector variant(s), repeat to compare side by side: official (default: the official "
+        "code's top-1 box, PPG base, head init, loss normalisation) and clean (--top1-box exact "
+        "--ppg-base psm --head-init xavier --psm-normalise all-bags).",
+        flag="--variant",
+        metavar="NAME",
+    )
+
+
+def bench_synthetic(cfg: BenchSyntheticConfig, log: Any = None) -> dict[str, Any]:
+    """:func:`run_benchmark` on ``cfg``; the resolved config is saved beside the report."""
+    report = run_benchmark(
+        cfg.out,
+        cfg.seeds,
+        cfg.quick,
+        cfg.images,
+        cfg.iters,
+        cfg.rows or None,
+        cfg.work,
+        log=log,
+        variants=cfg.variants or None,
+    )
+    save_resolved_config(cfg, sidecar_config_path(cfg.out))
+    return report
 
 
 def run_benchmark(

@@ -57,7 +57,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_training_writes_the_outputs(trained: Path) -> None:
-    for name in ("model_final.pth", "config.yaml", "metrics.json", "log.txt", "last_checkpoint"):
+    for name in (
+        "model_final.pth", "config.yaml", "sapnet-config.yaml", "metrics.json", "log.txt",
+        "last_checkpoint",
+    ):  # fmt: skip
         assert (trained / name).is_file(), name
     config = (trained / "config.yaml").read_text()
     assert "META_ARCHITECTURE: SOLOv2" in config and "NUM_CLASSES: 6" in config
@@ -117,24 +120,33 @@ def test_input_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert run_cli(base + ["--opts", "SOLVER.BASE_LR"]) == 2
 
 
-def test_opts_grouping() -> None:
+def test_opts_split_between_sapnet_and_detectron2(tmp_path: Path) -> None:
+    """``--opts`` pairs with a sapnet key set TrainSegConfig, the others go to detectron2 in order."""
+    seen = {}
     import typer
+    from typer.testing import CliRunner
 
-    from sapnet_cli.commands.train_seg import merge_opts
+    from sapnet_cli.commands import train_seg as module
+    from sapnet_cli.options import SapnetCommand, config_command
+    from stages.seg.config import TrainSegConfig
 
-    assert merge_opts(["A.B"], ["1", "C.D", "2"]) == ["A.B", "1", "C.D", "2"]  # --opts A.B 1 C.D 2
-    assert merge_opts(["A.B", "C.D"], ["1", "2"]) == [
-        "A.B",
-        "1",
-        "C.D",
-        "2",
-    ]  # --opts A.B 1 --opts C.D 2
-    assert merge_opts(["SEED.X=-1", "A.B=[1,2]"], []) == ["SEED.X", "-1", "A.B", "[1,2]"]
-    assert merge_opts([], []) == []
-    with pytest.raises(typer.BadParameter):
-        merge_opts(["A.B", "C.D", "E.F"], ["1", "2"])
-    with pytest.raises(typer.BadParameter, match="no value"):
-        merge_opts(["A.B"], [])
+    def fake_run(cfg: TrainSegConfig) -> None:
+        seen["cfg"] = cfg
+
+    app = typer.Typer()
+    app.command(cls=SapnetCommand)(
+        config_command(TrainSegConfig, fake_run, doc="x", passthrough_opts="opts")
+    )
+    args = ["--train", PSEUDO, "--images", IMAGES, "--out", str(tmp_path / "o"), "--iters", "3"]
+    result = CliRunner().invoke(
+        app, [*args, "--opts", "SEED.X=-1", "iters", "5", "A.B", "-2", "--opts", "C.D", "[1,2]"]
+    )
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert cfg.iters == 5  # --opts win over --iters
+    assert cfg.opts == ["SEED.X", "-1", "A.B", "-2", "C.D", "[1,2]"]
+    assert module.train_seg.__doc__.startswith("Train the SOLOv2")
+    assert run_cli([*args, "--opts", "SOLVER.BASE_LR"]) == 2
 
 
 @pytest.mark.slow

@@ -26,16 +26,20 @@ def test_defaults_are_the_method_values():
     assert SelectConfig(**PATHS, lr=0.1).base_lr(4) == 0.1
 
 
-def test_config_file_then_command_line(tmp_path):
+def test_config_file_then_command_line_then_opts(tmp_path):
     f = tmp_path / "sel.yaml"
-    f.write_text("backbone: resnet18\niters: 100\nbatch-size: 8\nuse_pnpg: false\nseed: 5\n")
-    cfg = build_config(f, **PATHS, seed=7, batch_size=None)
+    f.write_text("backbone: resnet18\niters: 100\nbatch-size: 8\nuse_ppg: false\nseed: 5\n")
+    cfg = build_config(f, **PATHS, seed=7)
     assert cfg.backbone == "resnet18" and cfg.iters == 100 and cfg.batch_size == 8
-    assert not cfg.use_ppg and not cfg.use_npg and cfg.seed == 7
-    assert cfg.config == str(f)
+    assert not cfg.use_ppg and cfg.use_npg and cfg.seed == 7
     # --epochs on the command line replaces the file's iters
     cfg = build_config(f, **PATHS, epochs=3)
     assert cfg.epochs == 3 and cfg.iters is None
+    # --opts come last and are typed by the field
+    cfg = build_config(f, [("seed", "9"), ("lr_steps", "[0.5,0.75]")], **PATHS, seed=7)
+    assert cfg.seed == 9 and cfg.lr_steps == (0.5, 0.75)
+    with pytest.raises(InputError, match="not both"):
+        build_config(None, **PATHS, epochs=3, iters=5)
 
 
 def test_bad_options_name_the_option(tmp_path):
@@ -45,6 +49,9 @@ def test_bad_options_name_the_option(tmp_path):
         build_config(f, **PATHS)
     f.write_text("use_pdg: 3\n")
     with pytest.raises(InputError, match="use_pdg"):
+        build_config(f, **PATHS)
+    f.write_text("batch_size: many\n")
+    with pytest.raises(InputError, match="batch_size"):
         build_config(f, **PATHS)
     with pytest.raises(InputError, match="backbone"):
         build_config(None, **PATHS, backbone="vgg16")
@@ -58,9 +65,15 @@ def test_bad_options_name_the_option(tmp_path):
         build_config(None, **PATHS, predict_only=True, checkpoint=str(tmp_path / "none.pt"))
 
 
-def test_no_prm_implies_no_pnpg():
+def test_no_prm_implies_no_pnpg_without_changing_the_config():
     cfg = build_config(None, **PATHS, use_prm=False)
-    assert not cfg.use_ppg and not cfg.use_npg
+    assert cfg.use_ppg and cfg.use_npg  # as given
+    assert not cfg.flags()["use_ppg"] and not cfg.flags()["use_npg"]  # in effect
+    assert cfg.validate() == cfg and cfg.use_ppg
+    from stages.select.forward import MethodOptions
+
+    opts = MethodOptions.from_config(cfg)
+    assert not opts.use_ppg and not opts.use_npg and not opts.use_prm
 
 
 def test_ablation_rows_are_valid_configs():

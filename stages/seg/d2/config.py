@@ -19,6 +19,8 @@ torchvision R-50/R-101 state dict or a detectron2 ``.pkl`` converted from torchv
 from __future__ import annotations
 
 import os
+import typing
+from typing import Any
 
 from stages.seg.d2 import compat
 
@@ -27,56 +29,52 @@ compat.apply()
 from detectron2.config import CfgNode as CN  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 
-from stages.seg.solov2.config import SOLOv2Config  # noqa: E402
+from stages.seg.config import (  # noqa: E402, F401 - BACKBONE_DEPTHS, STEP_FRACTIONS re-exported
+    BACKBONE_DEPTHS,
+    DEFAULT_BACKBONE,
+    MAX_SIZE,
+    MIN_SIZE,
+    REFERENCE_BATCH,
+    REFERENCE_LR,
+    REFERENCE_MAX_ITER,
+    STEP_FRACTIONS,
+)
+from stages.seg.solov2.config import SOLOv2Config, d2_keys  # noqa: E402
 
-#: 1x schedule at 16 images per batch (= 12 COCO epochs), mmdetection's solov2_r50_fpn_1x steps (8, 11 of 12).
-REFERENCE_BATCH = 16
-REFERENCE_LR = 0.01
-REFERENCE_MAX_ITER = 90000
-STEP_FRACTIONS = (8 / 12, 11 / 12)
 #: torchvision ImageNet normalisation, RGB order (METHOD.md section 2).
 PIXEL_MEAN_RGB = [123.675, 116.28, 103.53]
 PIXEL_STD_RGB = [58.395, 57.12, 57.375]
-BACKBONE_DEPTHS = {"R50": 50, "R101": 101}
+
+
+def _solov2_default(name: str) -> Any:
+    """The class default of a SOLOv2Config field, as a yacs value (flat tuples become lists)."""
+    value = SOLOv2Config.__dataclass_fields__[name].default
+    if isinstance(value, tuple) and not any(isinstance(v, tuple) for v in value):
+        return list(value)
+    return value
 
 
 def add_solov2_config(cfg: CN) -> None:
-    """Add ``MODEL.SOLOV2.*`` (AdelaiDet names, reference defaults) and ``SOLVER.FULL_MODEL_CLIP_NORM``."""
+    """Add ``MODEL.SOLOV2.*`` (AdelaiDet names) and ``SOLVER.FULL_MODEL_CLIP_NORM``.
+
+    The hyper-parameters and their defaults come from :class:`SOLOv2Config` (each field names its key); the
+    other keys exist for AdelaiDet compatibility and only accept the values this implementation supports.
+    """
     s = CN()
+    s.LOSS = CN()
+    for name, key in d2_keys().items():
+        node = s
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = _solov2_default(name)
     s.INSTANCE_IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    s.FPN_INSTANCE_STRIDES = [8, 8, 16, 32, 32]
-    s.FPN_SCALE_RANGES = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
-    s.SIGMA = 0.2
-    s.INSTANCE_IN_CHANNELS = 256
-    s.INSTANCE_CHANNELS = 512
-    s.NUM_INSTANCE_CONVS = 4
+    s.MASK_IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    s.MASK_IN_CHANNELS = s.INSTANCE_IN_CHANNELS
     s.USE_DCN_IN_INSTANCE = False
     s.TYPE_DCN = "DCN"
-    s.NUM_GRIDS = [40, 36, 24, 16, 12]
-    s.NUM_CLASSES = 80
-    s.NUM_KERNELS = 256
-    s.NORM = "GN"
-    s.USE_COORD_CONV = True
-    s.PRIOR_PROB = 0.01
-    s.MASK_IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    s.MASK_IN_CHANNELS = 256
-    s.MASK_CHANNELS = 128
-    s.NUM_MASKS = 256
-    s.NMS_PRE = 500
-    s.SCORE_THR = 0.1
-    s.UPDATE_THR = 0.05
-    s.MASK_THR = 0.5
-    s.MAX_PER_IMG = 100
     s.NMS_TYPE = "matrix"
-    s.NMS_KERNEL = "gaussian"
-    s.NMS_SIGMA = 2.0
-    s.USE_AUX_MASKS = True
-    s.LOSS = CN()
     s.LOSS.FOCAL_USE_SIGMOID = True
-    s.LOSS.FOCAL_ALPHA = 0.25
-    s.LOSS.FOCAL_GAMMA = 2.0
-    s.LOSS.FOCAL_WEIGHT = 1.0
-    s.LOSS.DICE_WEIGHT = 3.0
     cfg.MODEL.SOLOV2 = s
     cfg.SOLVER.FULL_MODEL_CLIP_NORM = 35.0  # <= 0 disables
 
@@ -86,7 +84,7 @@ def _err(key: str, problem: str) -> ValueError:
 
 
 def solov2_config_from_cfg(cfg: CN) -> SOLOv2Config:
-    """Build the plain-torch :class:`SOLOv2Config` from ``cfg.MODEL.SOLOV2``.
+    """Build the plain-torch :class:`SOLOv2Config` from ``cfg.MODEL.SOLOV2`` (the keys its fields name).
 
     Raises:
         ValueError: a key asks for something this implementation does not provide (DCN, non-matrix NMS,
@@ -111,38 +109,27 @@ def solov2_config_from_cfg(cfg: CN) -> SOLOv2Config:
         raise _err(
             "MASK_IN_CHANNELS", "must equal INSTANCE_IN_CHANNELS (both read the FPN outputs)"
         )
-    norm = str(s.NORM)
+    hints = typing.get_type_hints(SOLOv2Config)
+    values: dict[str, Any] = {}
+    for name, key in d2_keys().items():
+        value = s
+        for part in key.split("."):
+            value = value[part]
+        values[name] = _coerce(value, hints[name])
+    if values["norm"] in ("", "None"):
+        values["norm"] = "none"
     try:
-        return SOLOv2Config(
-            num_classes=int(s.NUM_CLASSES),
-            in_channels=int(s.INSTANCE_IN_CHANNELS),
-            instance_channels=int(s.INSTANCE_CHANNELS),
-            num_instance_convs=int(s.NUM_INSTANCE_CONVS),
-            num_kernels=int(s.NUM_KERNELS),
-            num_grids=tuple(s.NUM_GRIDS),
-            instance_strides=tuple(s.FPN_INSTANCE_STRIDES),
-            scale_ranges=tuple(tuple(r) for r in s.FPN_SCALE_RANGES),
-            sigma=float(s.SIGMA),
-            mask_channels=int(s.MASK_CHANNELS),
-            num_masks=int(s.NUM_MASKS),
-            norm="none" if norm in ("", "none", "None") else norm,
-            use_coord_conv=bool(s.USE_COORD_CONV),
-            prior_prob=float(s.PRIOR_PROB),
-            focal_alpha=float(s.LOSS.FOCAL_ALPHA),
-            focal_gamma=float(s.LOSS.FOCAL_GAMMA),
-            focal_weight=float(s.LOSS.FOCAL_WEIGHT),
-            dice_weight=float(s.LOSS.DICE_WEIGHT),
-            nms_pre=int(s.NMS_PRE),
-            score_thr=float(s.SCORE_THR),
-            update_thr=float(s.UPDATE_THR),
-            mask_thr=float(s.MASK_THR),
-            max_per_img=int(s.MAX_PER_IMG),
-            nms_kernel=str(s.NMS_KERNEL),
-            nms_sigma=float(s.NMS_SIGMA),
-            use_aux_masks=bool(s.USE_AUX_MASKS),
-        )
+        return SOLOv2Config(**values)
     except ValueError as exc:
         raise ValueError(f"config MODEL.SOLOV2: {exc}") from exc
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """A yacs value as the field type: int/float/bool/str, tuples of them (nested as in scale_ranges)."""
+    if typing.get_origin(tp) is tuple:
+        (inner, *_) = typing.get_args(tp)
+        return tuple(_coerce(v, inner) for v in value)
+    return tp(value)
 
 
 def get_sapnet_cfg() -> CN:
@@ -157,7 +144,7 @@ def get_sapnet_cfg() -> CN:
     m.PIXEL_STD = list(PIXEL_STD_RGB)
     m.BACKBONE.NAME = "build_resnet_fpn_backbone"
     m.BACKBONE.FREEZE_AT = 2  # stem + res2 frozen = mmdet frozen_stages=1
-    m.RESNETS.DEPTH = 50
+    m.RESNETS.DEPTH = BACKBONE_DEPTHS[DEFAULT_BACKBONE]
     m.RESNETS.NORM = "FrozenBN"  # BN statistics and affine frozen (mmdet norm_eval=True)
     m.RESNETS.STRIDE_IN_1X1 = False  # torchvision layout
     m.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
@@ -168,11 +155,11 @@ def get_sapnet_cfg() -> CN:
     # detectron2 defaults to 4 loader workers; more workers than cores only slows a small machine down.
     cfg.DATALOADER.NUM_WORKERS = min(4, os.cpu_count() or 1)
     cfg.INPUT.MASK_FORMAT = "bitmask"
-    cfg.INPUT.MIN_SIZE_TRAIN = (800,)
+    cfg.INPUT.MIN_SIZE_TRAIN = (MIN_SIZE,)
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
-    cfg.INPUT.MAX_SIZE_TRAIN = 1333
-    cfg.INPUT.MIN_SIZE_TEST = 800
-    cfg.INPUT.MAX_SIZE_TEST = 1333
+    cfg.INPUT.MAX_SIZE_TRAIN = MAX_SIZE
+    cfg.INPUT.MIN_SIZE_TEST = MIN_SIZE
+    cfg.INPUT.MAX_SIZE_TEST = MAX_SIZE
     cfg.INPUT.RANDOM_FLIP = "horizontal"
     cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
     sv = cfg.SOLVER

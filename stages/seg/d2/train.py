@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from stages.common.config import save_resolved_config
 from stages.common.devices import DistInfo, dist_info, process_group, require_gpus, resolve_device
 from stages.common.errors import InputError, TrainingError
 from stages.common.io import atomic_write_bytes, check_output_path, ensure_dir
@@ -343,6 +344,8 @@ def train_seg(config: TrainSegConfig) -> dict[str, Any]:
         config.train_json, config.images, config.val_json, config.val_images, TRAIN_NAME, VAL_NAME
     )
     ensure_dir(config.out_dir, "output folder (--out)")
+    if info.rank == 0:
+        save_resolved_config(config, config.out_dir / "sapnet-config.yaml")
     weights = None
     if not config.eval_only:
         preliminary = build_cfg(

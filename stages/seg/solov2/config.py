@@ -1,16 +1,29 @@
-"""Hyper-parameters of the SOLOv2 head, loss and inference, with the reference defaults.
+"""Hyper-parameters of the SOLOv2 head, loss and inference, with the reference defaults: the one place they are written.
 
-Defaults follow AdelaiDet ``MODEL.SOLOV2.*`` / mmdetection ``solov2_r50_fpn_1x_coco`` (METHOD.md
-section 8, PEERS_AND_SOLOV2.md section 1.6). ``use_aux_masks`` switches SAPNet's multi-mask proposal
-supervision (MPS).
+Defaults follow AdelaiDet ``MODEL.SOLOV2.*`` / mmdetection ``solov2_r50_fpn_1x_coco`` (docs/method.md,
+"SOLOv2"). Each field also names its detectron2 key; :func:`stages.seg.d2.config.add_solov2_config` derives
+``MODEL.SOLOV2`` from these fields and :func:`stages.seg.d2.config.solov2_config_from_cfg` reads it back.
+``use_aux_masks`` switches SAPNet's multi-mask proposal supervision (MPS).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 _NORMS = ("GN", "none")
 _NMS_KERNELS = ("gaussian", "linear")
+
+
+def _d2(key: str, default: Any) -> Any:
+    """A hyper-parameter with its default and its detectron2 key under ``MODEL.SOLOV2`` (AdelaiDet name)."""
+    return dataclasses.field(default=default, metadata={"d2_key": key})
+
+
+def d2_keys() -> dict[str, str]:
+    """``{field name: MODEL.SOLOV2 sub-key}`` of every hyper-parameter (``LOSS.FOCAL_ALPHA``...)."""
+    return {f.name: f.metadata["d2_key"] for f in dataclasses.fields(SOLOv2Config)}
 
 
 @dataclass
@@ -48,38 +61,34 @@ class SOLOv2Config:
         nms_kernel: "gaussian" or "linear"; nms_sigma: gaussian decay exp(-sigma * iou^2).
     """
 
-    num_classes: int = 80
-    in_channels: int = 256
-    instance_channels: int = 512
-    num_instance_convs: int = 4
-    num_kernels: int = 256
-    num_grids: tuple[int, ...] = (40, 36, 24, 16, 12)
-    instance_strides: tuple[int, ...] = (8, 8, 16, 32, 32)
-    scale_ranges: tuple[tuple[float, float], ...] = (
-        (1, 96),
-        (48, 192),
-        (96, 384),
-        (192, 768),
-        (384, 2048),
+    num_classes: int = _d2("NUM_CLASSES", 80)
+    in_channels: int = _d2("INSTANCE_IN_CHANNELS", 256)
+    instance_channels: int = _d2("INSTANCE_CHANNELS", 512)
+    num_instance_convs: int = _d2("NUM_INSTANCE_CONVS", 4)
+    num_kernels: int = _d2("NUM_KERNELS", 256)
+    num_grids: tuple[int, ...] = _d2("NUM_GRIDS", (40, 36, 24, 16, 12))
+    instance_strides: tuple[int, ...] = _d2("FPN_INSTANCE_STRIDES", (8, 8, 16, 32, 32))
+    scale_ranges: tuple[tuple[float, float], ...] = _d2(
+        "FPN_SCALE_RANGES", ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
     )
-    sigma: float = 0.2
-    mask_channels: int = 128
-    num_masks: int = 256
-    norm: str = "GN"
-    use_coord_conv: bool = True
-    prior_prob: float = 0.01
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    focal_weight: float = 1.0
-    dice_weight: float = 3.0
-    nms_pre: int = 500
-    score_thr: float = 0.1
-    update_thr: float = 0.05
-    mask_thr: float = 0.5
-    max_per_img: int = 100
-    nms_kernel: str = "gaussian"
-    nms_sigma: float = 2.0
-    use_aux_masks: bool = True
+    sigma: float = _d2("SIGMA", 0.2)
+    mask_channels: int = _d2("MASK_CHANNELS", 128)
+    num_masks: int = _d2("NUM_MASKS", 256)
+    norm: str = _d2("NORM", "GN")
+    use_coord_conv: bool = _d2("USE_COORD_CONV", True)
+    prior_prob: float = _d2("PRIOR_PROB", 0.01)
+    focal_alpha: float = _d2("LOSS.FOCAL_ALPHA", 0.25)
+    focal_gamma: float = _d2("LOSS.FOCAL_GAMMA", 2.0)
+    focal_weight: float = _d2("LOSS.FOCAL_WEIGHT", 1.0)
+    dice_weight: float = _d2("LOSS.DICE_WEIGHT", 3.0)
+    nms_pre: int = _d2("NMS_PRE", 500)
+    score_thr: float = _d2("SCORE_THR", 0.1)
+    update_thr: float = _d2("UPDATE_THR", 0.05)
+    mask_thr: float = _d2("MASK_THR", 0.5)
+    max_per_img: int = _d2("MAX_PER_IMG", 100)
+    nms_kernel: str = _d2("NMS_KERNEL", "gaussian")
+    nms_sigma: float = _d2("NMS_SIGMA", 2.0)
+    use_aux_masks: bool = _d2("USE_AUX_MASKS", True)
 
     def __post_init__(self) -> None:
         self.num_grids = tuple(int(s) for s in self.num_grids)
