@@ -21,7 +21,7 @@ def split_names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
-# MPS (METHOD section 7): PRM-score ranks of the auxiliary masks (1 = best) and the weight of each.
+# MPS (docs/method.md §10): PRM-score ranks of the auxiliary masks (1 = best) and the weight of each.
 AUX_RANKS = (2, 4, 6)
 AUX_WEIGHT = 0.5 / 6
 # The report's COCO AP runs on a seeded sample of this many images when there are more (see report.py).

@@ -39,7 +39,7 @@ POINT_TESTS = ("mask", "box")
 @dataclass(frozen=True)
 class PointAwareOptions:
     """Choices of the ``point-aware`` selector and of the constraint (defaults fitted on one half of the
-    dev data, docs/method.md "Point-aware selection").
+    dev data, docs/method.md §16).
 
     Attributes:
         rule: which allowed proposal wins (:data:`POINT_RULES`).

@@ -12,7 +12,7 @@ Metric definitions (the report repeats them):
   report says so. Every other metric always uses every object. docs/scaling.md measures the sampling error.
 - group error: the mask covers >= 50% of another non-crowd same-class GT instance of the image.
 - local error: IoU with its own GT < 0.5 and >= 80% of the mask inside that GT (a part of the object).
-- Gap (paper Table 7, METHOD 10): R_v = mask area / tight-box area; R_vmax = max R_v over the object's proposal
+- Gap (paper Table 7, docs/method.md §13): R_v = mask area / tight-box area; R_vmax = max R_v over the object's proposal
   bag; T_rv = mean R_vmax over all objects; Gap = mean(R_v(selected) - R_v(GT)) over objects with R_vmax > T_rv.
 """
 

@@ -1,7 +1,7 @@
 """Point samplers: one point per object, inside its ground-truth mask.
 
 Modes:
-- ``center-gaussian``: the P2BNet/SAPNet "quasi-centre" sampler (METHOD.md 1.1): a 2-D gaussian over the box
+- ``center-gaussian``: the P2BNet/SAPNet "quasi-centre" sampler (docs/method.md §2): a 2-D gaussian over the box
   (mean at the box centre, sigma 0.25 of the box size), times the mask, times a central ellipse with semi-axes
   ``min(96, 0.125 w)`` x ``min(96, 0.125 h)`` (dropped if it leaves nothing), one pixel drawn from that
   distribution, then a uniform jitter in [-0.5, 0.5) on x and y.

@@ -1,4 +1,4 @@
-"""BMS (Box Mining Strategy), METHOD.md section 6, and the box -> SAM-mask index of section 6.1.
+"""BMS (Box Mining Strategy), docs/method.md §9, and the box -> SAM-mask index of the same section.
 
 Boxes are ``xyxy`` floats in edge coordinates; areas ``(x2 - x1) * (y2 - y1)`` (no ``+1``) and the
 IoU of ``pnpg.box_iou_aligned`` (union clamped at 1e-6, as mmdet ``bbox_overlaps``).
@@ -114,7 +114,7 @@ def proposal_index_for_box(box: Tensor, proposals: Tensor) -> Tensor:
         box: ``(N, 4)`` xyxy (``box_prm``). proposals: ``(N, M, 4)`` xyxy (the object's SAM boxes).
 
     Returns:
-        ``(N,)`` long; ``Mask_prm`` is SAM mask ``index`` of the object (METHOD.md 6.1).
+        ``(N,)`` long; ``Mask_prm`` is SAM mask ``index`` of the object (docs/method.md §9).
     """
     iou = box_iou_aligned(box[:, None, :].to(proposals.dtype), proposals)  # (N, M)
     best = iou.max(dim=1, keepdim=True).values

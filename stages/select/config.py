@@ -74,9 +74,9 @@ class SelectConfig:
 
     Model: ``backbone`` resnet50 | resnet18; ``weights`` "imagenet" (torchvision weights, downloaded or from
     the torch cache), "none" (random init) or a path to a state dict of the backbone (or of the whole
-    selector); ``fpn_channels`` and ``fc_dim`` (docs/method.md, "Selector network").
+    selector); ``fpn_channels`` and ``fc_dim`` (docs/method.md §4).
 
-    Schedule (docs/method.md, "Training schedule"): ``epochs`` or ``iters`` (when set, it wins);
+    Schedule (docs/method.md §11): ``epochs`` or ``iters`` (when set, it wins);
     ``batch_size`` images per process; ``lr`` None = 0.015 x total batch / 32; ``momentum``,
     ``weight_decay``, ``grad_clip`` (L2), ``warmup_iters`` from ``warmup_ratio``, x``lr_gamma`` steps at
     ``lr_steps`` = fractions of the run (epochs 8 and 11 of 12), ``flip`` probability.

@@ -1,4 +1,4 @@
-"""The SAPNet selector forward pass (METHOD.md section 0): PSM + PDG, PNPG, PRM, for training and prediction.
+"""The SAPNet selector forward pass (docs/method.md §4-§8): PSM + PDG, PNPG, PRM, for training and prediction.
 
 Everything runs on a whole batch at once: the N objects of the B images are concatenated (``image_ids (N,)``
 says whose they are), the method's math comes from the pure functions of ``pdg``, ``mil``, ``pnpg`` and
@@ -13,7 +13,7 @@ Training (:class:`SelectorForward`):
    bags with at least one valid (positive-area) proposal (``psm_normalise="valid-bags"``, the code);
 2. PNPG: the PRM bag ``[M proposals, 20 PPG boxes]`` around the PPG base: by default (``ppg_base="code"``)
    the stage-0 BMS box (BMS of the score-weighted top-1 box, ``top1_box="weighted"``) matched to the first
-   proposal within strictly < 1 px, else proposal 5; ``ppg_base="psm"`` uses ``box_psm`` (METHOD 13 #6);
+   proposal within strictly < 1 px, else proposal 5; ``ppg_base="psm"`` uses ``box_psm`` (docs/method.md §14, §15);
    500 background negatives per image and one part negative per large object;
 3. stage 1 (PRM): ``cls1, ins1 (N, M1, C)``, positive loss weighted by beta, negative loss on the
    negatives' class branch, ``L_prm = 0.25 L_pos + 0.75 L_neg``.

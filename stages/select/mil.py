@@ -1,4 +1,4 @@
-"""MIL bag scores, losses and selection of the PSM (stage 0) and PRM (stage 1), METHOD.md 3.2, 5.
+"""MIL bag scores, losses and selection of the PSM (stage 0) and PRM (stage 1), docs/method.md §5, §8.
 
 Shapes: ``N`` bags (objects of the whole batch), ``M`` proposals per bag, ``K`` classes
 (PSM: ``K0 = num_classes + 1`` with the background column last, COCO 81; PRM: ``K1 =

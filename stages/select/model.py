@@ -1,6 +1,6 @@
 """The SAPNet selector network: ResNet + FPN (P2-P6, GroupNorm), RoIAlign 7x7 and the PSM/PRM MIL heads.
 
-METHOD.md sections 2 and 3.1 / 5.1:
+docs/method.md §4:
 
 - ResNet-50 (or 18) with frozen stem + stage 1 and frozen BatchNorm statistics (BN kept in eval mode; its
   affine parameters still train, as mmdet ``norm_eval=True, requires_grad=True``).

@@ -1,4 +1,4 @@
-"""PDG (Point Distance Guidance) of the PSM stage, METHOD.md section 3.3.
+"""PDG (Point Distance Guidance) of the PSM stage, docs/method.md §6.
 
 Conventions: boxes are ``xyxy`` floats in edge coordinates of the resized training image; points
 ``(N, 2)`` are ``[x, y]`` in the SAME edge coordinates (the caller adds 0.5 to pixel-index points

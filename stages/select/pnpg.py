@@ -1,6 +1,6 @@
 """PNPG: positive (PPG) and negative (NPG) proposal generation for the PRM stage, plus box helpers.
 
-METHOD.md section 4. All boxes are ``xyxy`` floats in edge coordinates of the resized training image
+docs/method.md §7. All boxes are ``xyxy`` floats in edge coordinates of the resized training image
 (pixel column ``c`` spans ``[c, c+1)``); areas are ``(x2 - x1) * (y2 - y1)`` with no ``+1``.
 Everything is vectorised over objects and proposals; nothing needs gradients.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# PPG (METHOD.md 4.1, code values).
+# PPG (docs/method.md §7.1, code values).
 PPG_NUM_GROW = 15
 """Number of plain enlargements ``s = 1 + PPG_GROW_STEP * n``, ``n = 1..15``."""
 PPG_GROW_STEP = 0.01
@@ -29,7 +29,7 @@ PPG_EXTRA_STEP = 0.005
 else ``s = 1 - 0.005 n / S_dis`` (``n = 1..5``)."""
 PPG_NUM_GENERATED = PPG_NUM_GROW + PPG_NUM_EXTRA
 
-# NPG (METHOD.md 4.2).
+# NPG (docs/method.md §7.2).
 NPG_NUM_BACKGROUND = 500
 NPG_BACKGROUND_IOU = 0.3
 """T_neg1: a background box is a valid negative iff IoU < this with every SAM proposal."""
@@ -124,7 +124,7 @@ def rescale_boxes(boxes: Tensor, scales: Tensor) -> Tensor:
 
 
 def ppg_boxes(base_boxes: Tensor, s_dis: Tensor, proposals: Tensor) -> Tensor:
-    """Positive bag ``B+`` of every object (PPG, METHOD.md 4.1, code behaviour).
+    """Positive bag ``B+`` of every object (PPG, docs/method.md §7.1, code behaviour).
 
     Args:
         base_boxes: ``(N, 4)`` xyxy base box per object. The recommended default is
@@ -150,7 +150,7 @@ def npg_background(
     iou_threshold: float = NPG_BACKGROUND_IOU,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Random background negatives of ONE image (NPG, METHOD.md 4.2).
+    """Random background negatives of ONE image (NPG, docs/method.md §7.2).
 
     Args:
         image_size: ``(h, w)`` of the resized, un-padded image (edge coordinates).
@@ -191,7 +191,7 @@ def npg_part_negatives(
     min_size: float = NPG_PART_MIN_SIZE,
     iou_threshold: float = NPG_PART_IOU,
 ) -> tuple[Tensor, Tensor]:
-    """Part negatives (NPG, METHOD.md 4.2): the central half-width, half-height box of each box.
+    """Part negatives (NPG, docs/method.md §7.2): the central half-width, half-height box of each box.
 
     Args:
         base_boxes: ``(N, 4)`` xyxy, the SAM proposal with the highest stage-0 score of each object

@@ -1,4 +1,4 @@
-"""Selector inference over a whole store (METHOD.md 5.5, 6, 6.1): PSM and PRM picks, BMS, final proposal.
+"""Selector inference over a whole store (docs/method.md §8, §9): PSM and PRM picks, BMS, final proposal.
 
 Per object, no flip, in ``torch.inference_mode()``:
 

@@ -1,6 +1,6 @@
 """Training loop of the selector: SGD, warm-up + step schedule, gradient clipping, checkpoints, exact resume.
 
-Schedule (METHOD.md 9): lr = base x 0.1^(steps passed), steps at fractions 8/12 and 11/12 of the run (epochs
+Schedule (docs/method.md §11): lr = base x 0.1^(steps passed), steps at fractions 8/12 and 11/12 of the run (epochs
 8 and 11 of 12), times a linear warm-up from 0.001 over the first 500 iterations (mmdet's "linear" warm-up).
 The lr is a pure function of the iteration, so the scheduler state is the iteration count.
 

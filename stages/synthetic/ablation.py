@@ -301,7 +301,7 @@ BENCH_TRAIN: dict[str, Any] = {
     "warmup_iters": 10,
 }
 """The benchmark's selector settings (SelectConfig fields); the method's hyper-parameters keep their
-METHOD.md defaults. Images are upscaled x2 so that objects exceed NPG's 64 x 64 part-negative size."""
+the method's defaults (docs/method.md). Images are upscaled x2 so that objects exceed NPG's 64 x 64 part-negative size."""
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "official": {},

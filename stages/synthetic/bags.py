@@ -5,7 +5,7 @@ a union with a same-class neighbour ("group") and shifted copies ("offset"), in 
 of SAM that the method relies on are missing there:
 
 - SAM's local failures are often LARGE parts (most of the object, box IoU > 0.6 with it); BMS rule (i)
-  (METHOD.md 6) can only move a pick to a larger proposal when their box IoU exceeds ``T_min1 = 0.6``, so
+  (docs/method.md §9) can only move a pick to a larger proposal when their box IoU exceeds ``T_min1 = 0.6``, so
   with halves alone BMS has nothing to repair;
 - the first three proposals are the point prompt's multimask outputs (part, object, group), and BMS only
   looks at those three.

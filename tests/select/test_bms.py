@@ -1,4 +1,4 @@
-"""BMS against hand-computed merges (METHOD.md 6)."""
+"""BMS against hand-computed merges (docs/method.md §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MIL bag scores, losses and selection against values written out by hand (METHOD.md 3.2, 5)."""
+"""MIL bag scores, losses and selection against values written out by hand (docs/method.md §5, §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PDG against hand-computed values (METHOD.md 3.3)."""
+"""PDG against hand-computed values (docs/method.md §6)."""
 
 from __future__ import annotations
 

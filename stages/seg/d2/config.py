@@ -1,12 +1,12 @@
 """detectron2 (yacs) configuration of sapnet's SOLOv2: AdelaiDet-style ``MODEL.SOLOV2.*`` keys and defaults.
 
 * :func:`add_solov2_config` adds ``MODEL.SOLOV2`` with AdelaiDet's key names and reference values
-  (PEERS_AND_SOLOV2.md section 1.6) plus ``MODEL.SOLOV2.USE_AUX_MASKS`` (SAPNet MPS, METHOD.md section 7), and
+  (docs/method.md §12) plus ``MODEL.SOLOV2.USE_AUX_MASKS`` (SAPNet MPS, docs/method.md §10), and
   ``SOLVER.FULL_MODEL_CLIP_NORM`` (global L2 gradient clipping; detectron2's own ``CLIP_GRADIENTS`` is
   per-parameter).
 * :func:`solov2_config_from_cfg` converts those keys to the plain-torch :class:`SOLOv2Config`.
 * :func:`get_sapnet_cfg` is the complete default config of ``sapnet train-seg``: R50-FPN P2-P6 with GroupNorm
-  FPN (METHOD.md section 2), bitmask masks, single-scale 800/1333 + horizontal flip, SOLOv2 1x schedule
+  FPN (docs/method.md §4, §12), bitmask masks, single-scale 800/1333 + horizontal flip, SOLOv2 1x schedule
   (SGD lr 0.01 at 16 images, momentum 0.9, weight decay 1e-4, 90k iterations, x0.1 at epochs 8 and 11 of 12,
   linear warm-up 500 iterations from 0.001, global grad-norm clip 35).
 * :func:`scale_schedule` applies the linear scaling rule when the batch size changes, :func:`set_max_iter`
@@ -41,7 +41,7 @@ from stages.seg.config import (  # noqa: E402, F401 - BACKBONE_DEPTHS, STEP_FRAC
 )
 from stages.seg.solov2.config import SOLOv2Config, d2_keys  # noqa: E402
 
-#: torchvision ImageNet normalisation, RGB order (METHOD.md section 2).
+#: torchvision ImageNet normalisation, RGB order (docs/method.md §4).
 PIXEL_MEAN_RGB = [123.675, 116.28, 103.53]
 PIXEL_STD_RGB = [58.395, 57.12, 57.375]
 

@@ -1,7 +1,7 @@
 """Hyper-parameters of the SOLOv2 head, loss and inference, with the reference defaults: the one place they are written.
 
-Defaults follow AdelaiDet ``MODEL.SOLOV2.*`` / mmdetection ``solov2_r50_fpn_1x_coco`` (docs/method.md,
-"SOLOv2"). Each field also names its detectron2 key; :func:`stages.seg.d2.config.add_solov2_config` derives
+Defaults follow AdelaiDet ``MODEL.SOLOV2.*`` / mmdetection ``solov2_r50_fpn_1x_coco`` (docs/method.md §12).
+Each field also names its detectron2 key; :func:`stages.seg.d2.config.add_solov2_config` derives
 ``MODEL.SOLOV2`` from these fields and :func:`stages.seg.d2.config.solov2_config_from_cfg` reads it back.
 ``use_aux_masks`` switches SAPNet's multi-mask proposal supervision (MPS).
 """

@@ -3,7 +3,7 @@ head.
 
 Input features are the FPN outputs ``[P2, P3, P4, P5, P6]``, each ``(B, in_channels, H_l, W_l)``
 with P2 at stride 4 (input padded to a multiple of 32). Layout follows the reference
-(PEERS_AND_SOLOV2.md section 1.2):
+(docs/method.md §12):
 
 * instance levels: P2 bilinearly downsampled x0.5, P3, P4, P5, P6 resized to P5's size (strides 8,
   8, 16, 32, 32); each level is resized to ``S x S`` and fed to towers shared across levels;
@@ -14,7 +14,7 @@ with P2 at stride 4 (input padded to a multiple of 32). Layout follows the refer
   coordinates concatenated to P5 only, summed, 1x1 conv to ``E = num_masks`` + GN + ReLU, stride 4.
 
 Only the raw predictions are returned; masks are computed by dynamic convolution for positive cells
-only (losses) or for kept candidates (inference), never for all grid cells (METHOD.md section 8
+only (losses) or for kept candidates (inference), never for all grid cells (docs/method.md §12
 "code oddity").
 """
 

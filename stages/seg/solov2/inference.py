@@ -1,6 +1,6 @@
 """SOLOv2 inference: from head outputs to per-image masks, scores and labels.
 
-Per image (reference order, PEERS_AND_SOLOV2.md section 1.5):
+Per image (reference order, docs/method.md §12):
 
 1. sigmoid category maps, point NMS (a cell is kept only if it is the max of its 2x2 window);
 2. candidates = (cell, class) with score > ``score_thr``;

@@ -9,7 +9,7 @@ of pair p (``K_p`` the D-dim kernel of its cell, ``F_b`` the ``(E, H/4, W/4)`` m
     loss_cate = focal_weight * sum_{cells, classes} focal(logit, onehot) / (num_pos_cells + 1)
 
 ``dice(p, t) = 1 - 2 sum(p t) / (sum(p^2) + eps + sum(t^2) + eps)`` (V-Net, eps = 1e-3). The auxiliary term is
-SAPNet's multi-mask proposal supervision (METHOD.md section 7): ``T_pa`` is the a-th auxiliary mask of the
+SAPNet's multi-mask proposal supervision (docs/method.md §10): ``T_pa`` is the a-th auxiliary mask of the
 pair's instance, supervising the same kernel as the main mask (Dice only, no effect on the focal loss),
 ``w_pa`` its weight (the exporter writes 0.5/6 for the 2nd, 4th and 6th PRM-ranked masks) and a pair is
 "valid for a" when that auxiliary mask is non-empty (SOLO skips empty masks). With constant weights ``w`` and

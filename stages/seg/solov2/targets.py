@@ -28,7 +28,7 @@ from torch import Tensor
 from stages.seg.solov2.config import SOLOv2Config
 
 MASK_STRIDE = 4
-DEFAULT_AUX_WEIGHT = 0.5 / 6  # SAPNet MPS weight of each auxiliary mask (METHOD.md section 7)
+DEFAULT_AUX_WEIGHT = 0.5 / 6  # SAPNet MPS weight of each auxiliary mask (docs/method.md §10)
 
 
 @dataclass
