@@ -180,26 +180,3 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     boxes[:] = np.stack([x1, y1, x2, y2], axis=1)
     boxes[~nonempty] = 0.0
     return boxes
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``xyxy`` boxes ``a (N, 4)`` and ``b (M, 4)`` -> ``(N, M)`` (0 where both are empty)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of bool masks ``a (N, H, W)`` and ``b (M, H, W)`` -> ``(N, M)`` float64."""
-    fa = np.asarray(a, dtype=bool).reshape(len(a), -1).astype(np.float32)
-    fb = np.asarray(b, dtype=bool).reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0).astype(np.float64)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
+from stages.common.boxes import box_iou_aligned
 from stages.common.io import atomic_write_bytes, atomic_write_json
 from stages.export.config import AP_MAX_IMAGES, ErrorThresholds
 from stages.export.gt import GroundTruth, image_groups, pairwise_intersections, rle_areas_boxes
@@ -74,12 +75,7 @@ def paired_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of row-paired xyxy boxes ``a (N, 4)``, ``b (N, 4)`` -> ``(N,)`` (0 when both are empty)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    wh = np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return box_iou_aligned(a, b)
 
 
 def overlap_stats(

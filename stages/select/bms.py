@@ -1,7 +1,7 @@
 """BMS (Box Mining Strategy), docs/method.md §9, and the box -> SAM-mask index of the same section.
 
 Boxes are ``xyxy`` floats in edge coordinates; areas ``(x2 - x1) * (y2 - y1)`` (no ``+1``) and the
-IoU of ``pnpg.box_iou_aligned`` (union clamped at 1e-6, as mmdet ``bbox_overlaps``).
+IoU of :func:`stages.common.boxes.box_iou_aligned` (0 for an empty union).
 
 Algorithm (code behaviour, applied per object; vectorised over objects, sequential over the G
 candidates because each step sees the box merged so far)::
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stages.select.pnpg import box_area, box_iou_aligned
+from stages.common.boxes import box_area, box_iou_aligned
 
 BMS_T_MIN1 = 0.6
 """Rule (i) IoU threshold (IoU-weighted merge with a larger proposal)."""

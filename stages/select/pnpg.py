@@ -11,12 +11,16 @@ Everything is vectorised over objects and proposals; nothing needs gradients.
   every SAM proposal box of the image is below ``T_neg1 = 0.3``.
 - :func:`npg_part_negatives`: one central half-size "part" box per object whose base box is
   large enough.
+
+Box areas and IoU come from :mod:`stages.common.boxes`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from stages.common.boxes import box_area, box_iou, box_iou_aligned  # noqa: F401 - re-exported
 
 # PPG (docs/method.md §7.1, code values).
 PPG_NUM_GROW = 15
@@ -39,42 +43,6 @@ NPG_PART_MIN_SIZE = 64.0
 """A part negative is made only for base boxes with area > NPG_PART_MIN_SIZE ** 2."""
 NPG_PART_IOU = 0.5
 """T_neg2: a part negative is kept iff its IoU with its parent is below this (always: 0.25)."""
-
-IOU_EPS = 1e-6
-"""Union clamp of the IoU (as mmdet ``bbox_overlaps``): degenerate pairs get IoU 0, not NaN."""
-
-
-def box_area(boxes: Tensor) -> Tensor:
-    """Area ``(x2 - x1) * (y2 - y1)`` of ``(..., 4)`` xyxy boxes -> ``(...)`` (no ``+1``)."""
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU of xyxy boxes ``a (N, 4)`` and ``b (M, 4)`` -> ``(N, M)``.
-
-    Degenerate boxes (zero or negative width/height) have zero area and zero intersection, so
-    their IoU is 0 (the union is clamped at ``IOU_EPS``; two empty boxes give 0, not NaN).
-    """
-    area_a = box_area(a).clamp(min=0)
-    area_b = box_area(b).clamp(min=0)
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = (area_a[:, None] + area_b[None, :] - inter).clamp(min=IOU_EPS)
-    return inter / union
-
-
-def box_iou_aligned(a: Tensor, b: Tensor) -> Tensor:
-    """Element-wise IoU of broadcastable ``(..., 4)`` xyxy boxes -> ``(...)`` (as box_iou)."""
-    area_a = box_area(a).clamp(min=0)
-    area_b = box_area(b).clamp(min=0)
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = (area_a + area_b - inter).clamp(min=IOU_EPS)
-    return inter / union
 
 
 def clip_boxes(boxes: Tensor, heights: Tensor | float, widths: Tensor | float) -> Tensor:

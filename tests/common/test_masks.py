@@ -1,11 +1,9 @@
 import numpy as np
 
 from stages.common.masks import (
-    box_iou,
     decode_rle,
     decode_rles,
     encode_masks,
-    mask_iou,
     masks_to_boxes,
     segmentation_to_mask,
 )
@@ -26,17 +24,6 @@ def test_boxes_are_tight_edge_coordinates_and_empty_is_zero():
     boxes = masks_to_boxes(m)
     assert boxes.tolist() == [[3, 2, 9, 5], [0, 0, 0, 0]]
     assert boxes.dtype == np.float32
-
-
-def test_box_and_mask_iou_hand_values():
-    a = np.array([[0, 0, 2, 2]], float)
-    b = np.array([[1, 0, 3, 2], [5, 5, 6, 6]], float)
-    assert np.allclose(box_iou(a, b), [[2 / 6, 0.0]])
-    ma = np.zeros((1, 4, 4), bool)
-    ma[0, :2, :2] = True
-    mb = np.zeros((1, 4, 4), bool)
-    mb[0, :2, 1:3] = True
-    assert np.allclose(mask_iou(ma, mb), [[2 / 6]])
 
 
 def test_polygon_and_uncompressed_rle_decode():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from stages.common.boxes import box_iou
 from stages.common.errors import TrainingError
-from stages.common.masks import box_iou
 from stages.common.selections import load_selections
 from stages.propose.store import ProposalStore
 from stages.select.run import run_select

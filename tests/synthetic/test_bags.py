@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.common.masks import box_iou
+from stages.common.boxes import box_iou
 from stages.propose.store import ProposalStore
 from stages.synthetic.ablation import proposal_gt_iou
 from stages.synthetic.bags import large_parts, sam_like_bags
