@@ -15,7 +15,7 @@
 #   seg-top1  (FULL=1) the same on the top1 pseudo labels                      -> OUT/seg_top1/
 #   figure    (FIGURE=1, `make figure`) overlays of top1/psm/sapnet/point-aware -> OUT/figure/,
 #             docs/figures/selectors-grid.png
-#   table     the summary table (stages/report_table.py)                       -> OUT/table.md, OUT/table.json
+#   table     the summary table (scripts/report_table.py)                       -> OUT/table.md, OUT/table.json
 #
 # Rerunning resumes: a finished stage is skipped (marker OUT/.stages/NAME.done holding its command line).
 # A stage whose command changed (other settings) is redone from scratch, and every later stage with it.
@@ -302,6 +302,6 @@ for s in "${STAGES[@]}"; do
 done
 say "all stages done in $(($(date +%s) - T_ALL)) s this run (stage times when last run: ${times%, })"
 echo
-"$PY" -m stages.report_table --pseudo-report "$REPORT_DIR/report.json" "${SEG_ARGS[@]}" \
+"$PY" scripts/report_table.py --pseudo-report "$REPORT_DIR/report.json" "${SEG_ARGS[@]}" \
     --out "$OUT/table" \
     --context "examples/coco-mini: 20 train images (pseudo labels), 8 val images (SOLOv2); proposals: ${PROPOSE_ARGS[*]:0:2}; selector $SELECT_BACKBONE, weights $SELECT_WEIGHTS, $SELECT_ITERS it; SOLOv2 $SEG_BACKBONE x $SEG_ITERS it, min size $SEG_MIN."

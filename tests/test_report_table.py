@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from stages.report_table import (
-    build_rows,
-    main,
-    parse_seg_args,
-    pseudo_rows,
-    render_table,
-    seg_eval_path,
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "report_table.py"
+_spec = importlib.util.spec_from_file_location("report_table", _SCRIPT)
+report_table = importlib.util.module_from_spec(_spec)
+sys.modules["report_table"] = report_table  # dataclasses look their module up there
+_spec.loader.exec_module(report_table)
+build_rows, main, parse_seg_args = (
+    report_table.build_rows,
+    report_table.main,
+    report_table.parse_seg_args,
 )
+pseudo_rows, render_table = report_table.pseudo_rows, report_table.render_table
+seg_eval_path = report_table.seg_eval_path
 
 
 def _col(name: str, miou: float | None, biou: float, ap: float, ap50: float, n: int = 10) -> dict:

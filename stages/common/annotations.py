@@ -20,13 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stages.common.errors import InputError
+from stages.common.errors import InputError, first_items
 from stages.common.io import load_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 OnError = Literal["fail", "skip"]
-MAX_LISTED_PROBLEMS = 10
 
 
 @dataclass(frozen=True)
@@ -255,11 +254,9 @@ def load_points(
         )
 
     if problems and on_error == "fail":
-        listed = "\n  ".join(str(p) for p in problems[:MAX_LISTED_PROBLEMS])
-        more = len(problems) - MAX_LISTED_PROBLEMS
-        tail = f"\n  ... and {more} more" if more > 0 else ""
         raise InputError(
-            f"{len(problems)} invalid annotation(s) in {source}:\n  {listed}{tail}\n"
+            f"{len(problems)} invalid annotation(s) in {source}:\n  "
+            f"{first_items(problems, sep=chr(10) + '  ')}\n"
             "(use --on-error skip to skip them and go on)"
         )
     for problem in problems:

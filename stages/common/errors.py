@@ -6,6 +6,9 @@ the input without reading a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 class SapnetError(Exception):
     """Base class of all expected, user-facing failures (exit code 1)."""
@@ -42,10 +45,8 @@ class DeviceUnavailableError(DependencyError):
     device count (exit 5, like every missing dependency; raised only by :mod:`stages.common.devices`)."""
 
 
-class NotImplementedYet(SapnetError):
-    """A stage whose implementation has not landed yet (exit 6); never a silent success."""
-
-    exit_code = 6
+MAX_LISTED = 10
+"""How many items an error message lists before "... and N more"."""
 
 
 class OutputError(InputError):
@@ -55,3 +56,13 @@ class OutputError(InputError):
     """
 
     exit_code = 2
+
+
+def first_items(items: Iterable[Any], sep: str = ", ", limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` items joined by ``sep``, then ``... and N more`` when there are more.
+
+    ``first_items(range(12))`` -> ``"0, 1, ..., 9, ... and 2 more"``; use ``sep="\\n  "`` for one per line.
+    """
+    items = [str(i) for i in items]
+    shown = sep.join(items[:limit])
+    return shown + (f"{sep}... and {len(items) - limit} more" if len(items) > limit else "")

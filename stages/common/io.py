@@ -24,14 +24,22 @@ from stages.common.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
 
+SHA256_MEMO: dict[tuple[str, int, int], str] = {}
+"""Digests already computed, keyed by (resolved path, size, mtime in ns): a changed file is hashed again."""
+
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 hex digest of a file, read in chunks (memoised on path, size and modification time)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in SHA256_MEMO:
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            while block := fh.read(chunk_size):
+                digest.update(block)
+        SHA256_MEMO[key] = digest.hexdigest()
+    return SHA256_MEMO[key]
 
 
 def load_json(path: str | Path, what: str = "JSON file") -> Any:

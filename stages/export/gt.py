@@ -22,10 +22,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from stages.common.annotations import load_coco, parse_images
-from stages.common.errors import InputError
+from stages.common.errors import InputError, first_items
 from stages.common.masks import segmentation_problem
-
-MAX_LISTED = 5
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -57,8 +55,7 @@ def rle_areas_boxes(rles: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]
 
 
 def _listed(items: list[Any]) -> str:
-    shown = ", ".join(str(i) for i in items[:MAX_LISTED])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > MAX_LISTED else "")
+    return first_items(items)
 
 
 @dataclass

@@ -49,7 +49,7 @@ import zarr
 
 from stages import __version__
 from stages.common.annotations import PointSet
-from stages.common.errors import StoreError
+from stages.common.errors import StoreError, first_items
 from stages.common.io import clean_stale_temps, ensure_dir, temp_name
 from stages.common.masks import decode_rles
 
@@ -380,9 +380,7 @@ class ProposalStore:
         """StoreError listing the images not yet proposed, unless every unit is done."""
         missing = self.pending_images()
         if missing:
-            shown = ", ".join(missing[:10]) + (
-                f", ... ({len(missing)} in all)" if len(missing) > 10 else ""
-            )
+            shown = first_items(missing)
             raise StoreError(
                 f"proposal store {self.path} is incomplete: {len(missing)} image(s) not proposed yet: "
                 f"{shown}. Finish it by re-running the same `sapnet propose` command."

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from stages.common.config import config_to_dict, save_resolved_config
 from stages.common.devices import DistInfo, dist_info, process_group, resolve_device
-from stages.common.errors import InputError, TrainingError
+from stages.common.errors import InputError, TrainingError, first_items
 from stages.common.io import check_output_path, ensure_dir, image_size
 from stages.common.selections import Selections, save_selections, store_identity
 from stages.select.config import SelectConfig
@@ -38,7 +38,6 @@ from stages.select.predict import predict_store
 from stages.select.train import check_resume, load_checkpoint, train_selector
 
 log = logging.getLogger(__name__)
-MAX_LISTED = 10
 
 
 @dataclass
@@ -59,8 +58,7 @@ class SelectResult:
 
 
 def _listed(names: list[str]) -> str:
-    more = f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else ""
-    return ", ".join(names[:MAX_LISTED]) + more
+    return first_items(names)
 
 
 def check_images(arrays: StoreArrays, images_dir: Path, image_indices: np.ndarray) -> None:

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.common.annotations import load_coco
 from stages.common.config import option, save_resolved_config, sidecar_config_path
 from stages.common.errors import InputError
 from stages.common.masks import decode_rles, segmentation_to_mask
@@ -88,7 +89,7 @@ def proposal_gt_iou(data: SyntheticData) -> np.ndarray:
     from stages.propose.store import ProposalStore
 
     store = ProposalStore.open(data.store)
-    coco = json.loads(Path(data.annotations).read_text())
+    coco = load_coco(data.annotations, "synthetic annotations")
     seg = {int(a["id"]): a["segmentation"] for a in coco["annotations"]}
     rle = store.rle()
     ann_id = store.objects.ann_id

@@ -24,11 +24,11 @@ get the new kinds and correct indices. Needs a dataset made with ``num_local >= 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
+from stages.common.annotations import load_coco
 from stages.common.masks import decode_rles, encode_masks, masks_to_boxes, segmentation_to_mask
 from stages.synthetic.generate import SyntheticData
 
@@ -107,7 +107,7 @@ def sam_like_bags(
         raise ValueError("sam_like_bags needs a dataset made with num_local >= 2 (both halves)")
     rng = np.random.default_rng([data.config.seed if seed is None else seed, 7])
     store = ProposalStore.open(data.store, mode="r+")
-    coco = json.loads(Path(data.annotations).read_text())
+    coco = load_coco(data.annotations, "synthetic annotations")
     seg = {int(a["id"]): a["segmentation"] for a in coco["annotations"]}
     new_kinds = np.array(data.kinds, dtype=object)
     rle_all = store.rle()

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.common.errors import DependencyError, InputError
+from stages.common.io import SHA256_MEMO as _SHA_MEMO
+from stages.common.io import sha256_file  # noqa: F401 - part of this module's interface
 
 ENV_CHECKPOINT = "SAPNET_SAM_CHECKPOINT"
 ENV_SAM2_CHECKPOINT = "SAPNET_SAM2_CHECKPOINT"
@@ -129,22 +131,6 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
         ENV_SAM2_CHECKPOINT,
     ),
 }
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks (memoised on path, size and mtime)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        digest = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(block)
-        _SHA_MEMO[key] = digest.hexdigest()
-    return _SHA_MEMO[key]
 
 
 def cache_dir() -> Path:

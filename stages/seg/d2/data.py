@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common.errors import InputError
+from stages.common.errors import InputError, first_items
 from stages.common.json_stream import iter_top_level
 from stages.common.masks import segmentation_problem
 from stages.seg.d2 import compat
@@ -26,7 +26,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.datasets import load_coco_json  # noqa: E402
 
 EXTRA_ANNOTATION_KEYS = ["aux_segmentations", "aux_weights"]
-MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ def validate_coco_json(
     if not sizes:
         raise InputError(f"{path}: no images")
     if missing:
-        shown = ", ".join(missing[:MAX_LISTED]) + (" ..." if len(missing) > MAX_LISTED else "")
+        shown = first_items(missing)
         raise InputError(
             f"{path}: {len(missing)} of {counts['images']} image files missing under {image_root}: "
             f"{shown}"
@@ -174,9 +173,7 @@ def validate_coco_json(
             "non-crowd object); export pseudo labels first or check the file"
         )
     if no_mask:
-        shown = ", ".join(str(i) for i in no_mask[:MAX_LISTED]) + (
-            " ..." if len(no_mask) > MAX_LISTED else ""
-        )
+        shown = first_items(no_mask)
         raise InputError(
             f"{path}: {len(no_mask)} annotations have no mask ('segmentation' missing or empty), e.g. ids "
             f"{shown}; SOLOv2 trains on masks (set INPUT.MASK_FORMAT bitmask, RLE segmentations)"

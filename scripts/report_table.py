@@ -1,6 +1,6 @@
 """The `make reproduce` summary table (in the spirit of the paper's Table 3) from the stages' JSON reports.
 
-    python -m stages.report_table --pseudo-report OUT/pseudo/report/report.json \\
+    python scripts/report_table.py --pseudo-report OUT/pseudo/report/report.json \\
         --seg sapnet=OUT/seg_sapnet --seg top1=OUT/seg_top1 --out OUT/table
 
 One row per selector (``top1``, ``largest``, ``psm``, ``sapnet``, ``point-aware``, ``oracle``, then any other in
@@ -27,6 +27,13 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from stages.common.errors import InputError  # noqa: E402
+from stages.common.io import load_json  # noqa: E402
 
 SELECTOR_ORDER = ("top1", "largest", "psm", "sapnet", "point-aware", "oracle")
 PAPER_NAMES = {
@@ -81,14 +88,8 @@ def _pct(v: Any, scale: float) -> float | None:
 
 
 def load_json_file(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a report JSON; FileNotFoundError / ValueError name the file and what it should be."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {path} is not valid JSON: {err}") from None
+    """Read a report JSON; InputError / ValueError name the file and what it should be."""
+    doc = load_json(path, what)
     if not isinstance(doc, dict):
         raise ValueError(f"{what} {path} is not a JSON object")
     return doc
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in parse_seg_args(args.seg).items()
         }
         rows = build_rows(report, seg)
-    except (FileNotFoundError, ValueError) as err:
+    except (InputError, ValueError) as err:
         print(f"report_table: error: {err}", file=sys.stderr)
         return 2
     text = render_table(rows, args.context)
