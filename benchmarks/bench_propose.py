@@ -42,9 +42,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.tiny_sam import register_vit_test  # noqa: E402
 from stages.common.devices import resolve_device  # noqa: E402
 from stages.common.errors import SapnetError  # noqa: E402
 from stages.propose.backends.sam import SamBackend, build_model  # noqa: E402
+
+register_vit_test()
 
 COLUMNS = ("section", "case", "metric", "value", "unit", "notes")
 Row = dict[str, Any]

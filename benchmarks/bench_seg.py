@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.solov2_model import SOLOv2, build_torchvision_backbone  # noqa: E402
 from stages.seg.solov2.config import SOLOv2Config  # noqa: E402
 from stages.seg.solov2.heads import SOLOv2Outputs  # noqa: E402
 from stages.seg.solov2.inference import solov2_inference  # noqa: E402
 from stages.seg.solov2.losses import solov2_losses  # noqa: E402
-from stages.seg.solov2.model import SOLOv2, build_torchvision_backbone  # noqa: E402
 from stages.seg.solov2.targets import InstanceTargets, assign_targets  # noqa: E402
 
 COLUMNS = ("section", "case", "metric", "value", "unit", "notes")

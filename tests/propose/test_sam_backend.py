@@ -12,6 +12,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
+from benchmarks.tiny_sam import build_sam_vit_test, register_vit_test
 from stages.common.errors import DependencyError, InputError
 from stages.common.masks import masks_to_boxes
 from stages.propose.backends import ProposalBackend, get_backend
@@ -21,10 +22,11 @@ from stages.propose.backends.sam import (
     build_mobile_sam_backend,
     build_model,
     build_sam_backend,
-    build_sam_vit_test,
     prompt_boxes_from_masks,
     use_sdpa_attention,
 )
+
+register_vit_test()
 
 H, W = 48, 64
 POINTS = np.array([[5, 6], [40, 30], [63, 47], [0, 0], [20.4, 33.7]], dtype=np.float32)
@@ -241,3 +243,9 @@ def test_sam_store_passes_the_store_checks(
     )  # fmt: skip
     run_propose(cfg)
     check_sam_family_store(store, "sam", num_points=44)
+
+
+def test_the_tiny_model_is_registered_not_built_in() -> None:
+    from stages.propose.backends import sam
+
+    assert "vit_test" not in sam.MODELS and "vit_test" in sam.known_models()

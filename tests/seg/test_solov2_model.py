@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.solov2_model import SOLOv2, build_torchvision_backbone
 from stages.seg.solov2.config import SOLOv2Config
 from stages.seg.solov2.heads import SOLOv2Head, coord_features
-from stages.seg.solov2.model import SOLOv2, build_torchvision_backbone
 from stages.seg.solov2.targets import InstanceTargets
 
 SMALL = SOLOv2Config(

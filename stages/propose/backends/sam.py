@@ -19,7 +19,8 @@ CPU raises InputError rather than silently changing the numerics recorded in the
 swaps the ViT encoder's attention for ``F.scaled_dot_product_attention`` with the decomposed relative-position
 term passed as an additive mask (same maths; fused kernels on CUDA); ``"original"`` keeps segment-anything's code.
 
-``vit_test`` is a tiny random-initialised SAM (256 px input, 2 encoder blocks) for tests and benchmarks only.
+Tests and benchmarks add a tiny random-initialised SAM (``vit_test``, ``benchmarks/tiny_sam.py``) through
+:func:`register_model`; it is not a product model.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from stages.common.errors import DependencyError, InputError
 from stages.propose.backends.base import ProposalBatch, check_inputs
 from stages.propose.backends.checkpoints import resolve_checkpoint
 
-MODELS = ("vit_h", "vit_l", "vit_b", "vit_t", "vit_test")
+MODELS = ("vit_h", "vit_l", "vit_b", "vit_t")
+"""The SAM variants sapnet knows (``--model``); :func:`register_model` adds others (tests, plug-ins)."""
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
@@ -51,57 +53,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 ATTENTIONS = ("sdpa", "original")
 BOX_RULE = "largest"
 log = logging.getLogger(__name__)
-
-
-def build_sam_vit_test() -> torch.nn.Module:
-    """Tiny SAM with random weights, for tests and benchmarks only (meaningless masks).
-
-    Same module types as SAM (ImageEncoderViT with windowed + global rel-pos attention, PromptEncoder, MaskDecoder,
-    TwoWayTransformer) at toy sizes: 256 px input, 16 x 16 embedding, transformer width 32, low-res masks 64 x 64.
-    """
-    from functools import partial
-
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    img, dim = 256, 32
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=img,
-            patch_size=16,
-            embed_dim=64,
-            depth=2,
-            num_heads=2,
-            mlp_ratio=2.0,
-            out_chans=dim,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=4,
-            global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=dim,
-            image_embedding_size=(img // 16, img // 16),
-            input_image_size=(img, img),
-            mask_in_chans=4,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            transformer_dim=dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=dim,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
-    return sam.eval()
 
 
 def _mobile_sam_registry() -> dict[str, Callable[..., torch.nn.Module]]:
@@ -117,15 +68,28 @@ def _mobile_sam_registry() -> dict[str, Callable[..., torch.nn.Module]]:
     return mobile_sam.sam_model_registry
 
 
+_EXTRA_MODELS: dict[str, Callable[[], torch.nn.Module]] = {}
+
+
+def register_model(name: str, build: Callable[[], torch.nn.Module]) -> None:
+    """Make ``name`` a SAM variant built by ``build()`` (random weights; the checkpoint is loaded after)."""
+    _EXTRA_MODELS[name] = build
+
+
+def known_models() -> tuple[str, ...]:
+    """:data:`MODELS` plus the registered ones."""
+    return (*MODELS, *_EXTRA_MODELS)
+
+
 def build_model(model: str) -> torch.nn.Module:
-    """The architecture of ``model`` (one of :data:`MODELS`) with random weights, in eval mode, on CPU."""
-    if model == "vit_test":
-        return build_sam_vit_test()
+    """The architecture of ``model`` (see :func:`known_models`) with random weights, in eval mode, on CPU."""
+    if model in _EXTRA_MODELS:
+        return _EXTRA_MODELS[model]().eval()
     if model == "vit_t":
         return _mobile_sam_registry()["vit_t"](checkpoint=None).eval()
     if model in ("vit_h", "vit_l", "vit_b"):
         return sam_model_registry[model](checkpoint=None).eval()
-    raise InputError(f"unknown SAM model {model!r}; choose one of {list(MODELS)}")
+    raise InputError(f"unknown SAM model {model!r}; choose one of {list(known_models())}")
 
 
 def load_sam(model: str, checkpoint: str | Any) -> torch.nn.Module:
@@ -352,8 +316,8 @@ def _build(name: str, model: str, checkpoint: Any, **options: Any) -> SamBackend
         options["precision"],
         options["attention"],
     )
-    if model not in MODELS:
-        raise InputError(f"unknown SAM model {model!r}; choose one of {list(MODELS)}")
+    if model not in known_models():
+        raise InputError(f"unknown SAM model {model!r}; choose one of {list(known_models())}")
     dev = resolve_device(options.pop("device"))
     if model == "vit_t":
         _mobile_sam_registry()  # fail on the missing package before any download

@@ -3,8 +3,8 @@ inference.
 
 Reference: Wang et al., "SOLOv2: Dynamic and Fast Instance Segmentation", NeurIPS 2020, with the
 defaults of the AdelaiDet / mmdetection implementations (see ``config.SOLOv2Config``). The
-pure-torch model and the torchvision backbone live in ``stages.seg.solov2.model`` (not imported
-here, to keep this package free of torchvision imports).
+detectron2 meta-architecture of ``sapnet train-seg`` is :mod:`stages.seg.d2.meta_arch`; a pure-torch
+model for tests and benchmarks is ``benchmarks/solov2_model.py``.
 """
 
 from stages.seg.solov2.config import SOLOv2Config

@@ -1,6 +1,7 @@
 """A pure-PyTorch SOLOv2 model (backbone + heads + losses / inference), and a torchvision ResNet-FPN.
 
-Used by tests and benchmarks; the detectron2 glue builds its own meta-architecture on the same parts.
+Used by the tests and ``benchmarks/bench_seg.py`` only (not product code); ``sapnet train-seg`` builds its own
+detectron2 meta-architecture (:mod:`stages.seg.d2.meta_arch`) on the same parts.
 """
 
 from __future__ import annotations
