@@ -1,4 +1,4 @@
-"""PNG overlays of pseudo labels (Pillow + NumPy only): masks per instance, boxes, points, class names,
+"""PNG overlays of pseudo labels (Pillow, NumPy, scipy.ndimage, scikit-image): masks per instance, boxes, points, class names,
 optional GT outlines, and a grid that compares selectors on the same image.
 
 Coordinates: masks ``(K, H, W)`` bool; boxes xyxy in edge coordinates; points ``[x, y]`` pixel-index
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+from skimage.color import hsv2rgb
 
 from stages.common.io import atomic_write
 
@@ -36,23 +38,12 @@ class InstanceLayer:
 
 def instance_colors(n: int) -> np.ndarray:
     """``(n, 3)`` uint8 distinct, saturated colours (golden-ratio hue steps, HSV with S=0.75, V=1)."""
-    h = (np.arange(n) * 0.618033988749895) % 1.0
-    s, v = 0.75, 1.0
-    i = np.floor(h * 6).astype(int) % 6
-    f = h * 6 - np.floor(h * 6)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = np.stack(
-        [
-            np.stack([np.full(n, v), t, np.full(n, p)], 1),
-            np.stack([q, np.full(n, v), np.full(n, p)], 1),
-            np.stack([np.full(n, p), np.full(n, v), t], 1),
-            np.stack([np.full(n, p), q, np.full(n, v)], 1),
-            np.stack([t, np.full(n, p), np.full(n, v)], 1),
-            np.stack([np.full(n, v), np.full(n, p), q], 1),
-        ],
-        axis=0,
-    )  # (6, n, 3)
-    return np.round(table[i, np.arange(n)] * 255).astype(np.uint8)
+    hsv = np.stack([(np.arange(n) * 0.618033988749895) % 1.0, np.full(n, 0.75), np.ones(n)], axis=1)
+    return np.round(hsv2rgb(hsv.reshape(1, n, 3)).reshape(n, 3) * 255).astype(np.uint8)
+
+
+_CROSS_PER_MASK = ndimage.generate_binary_structure(2, 1)[None]
+"""4-neighbourhood within each mask of a ``(K, H, W)`` stack (never across masks)."""
 
 
 def mask_outline(masks: np.ndarray, width: int = 2) -> np.ndarray:
@@ -60,16 +51,7 @@ def mask_outline(masks: np.ndarray, width: int = 2) -> np.ndarray:
     masks = np.asarray(masks, dtype=bool)
     if masks.shape[0] == 0:
         return np.zeros(masks.shape[1:], dtype=bool)
-    eroded = masks.copy()
-    for _ in range(width):
-        padded = np.pad(eroded, ((0, 0), (1, 1), (1, 1)), constant_values=False)
-        eroded = (
-            padded[:, 1:-1, 1:-1]
-            & padded[:, :-2, 1:-1]
-            & padded[:, 2:, 1:-1]
-            & padded[:, 1:-1, :-2]
-            & padded[:, 1:-1, 2:]
-        )
+    eroded = ndimage.binary_erosion(masks, _CROSS_PER_MASK, iterations=width, border_value=0)
     return (masks & ~eroded).any(axis=0)
 
 

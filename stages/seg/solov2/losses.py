@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 from stages.seg.solov2.config import SOLOv2Config
 from stages.seg.solov2.heads import SOLOv2Outputs
@@ -50,20 +51,16 @@ def dice_loss(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
 def sigmoid_focal_loss(
     logits: Tensor, targets_onehot: Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> Tensor:
-    """Summed sigmoid focal loss (Lin et al. 2017) over all elements of ``logits`` (any shape).
+    """Summed sigmoid focal loss (Lin et al. 2017) over all elements of ``logits`` (any shape), in float32.
 
     ``alpha_t * (1 - p_t)^gamma * BCE(logit, t)`` with ``p_t = p if t else 1 - p``, ``alpha_t = alpha if t
-    else 1 - alpha``; ``targets_onehot`` has the shape of ``logits`` with values in {0, 1}.
+    else 1 - alpha`` (no alpha weighting when ``alpha < 0``); ``targets_onehot`` has the shape of ``logits``
+    with values in {0, 1}. This is ``torchvision.ops.sigmoid_focal_loss`` on float32 inputs (the sums
+    overflow float16 under mixed precision).
     """
-    logits = logits.float()
-    t = targets_onehot.float()
-    prob = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    p_t = prob * t + (1.0 - prob) * (1.0 - t)
-    loss = ce * (1.0 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * t + (1.0 - alpha) * (1.0 - t)) * loss
-    return loss.sum()
+    return tv_sigmoid_focal_loss(
+        logits.float(), targets_onehot.float(), alpha=alpha, gamma=gamma, reduction="sum"
+    )
 
 
 def dynamic_mask_logits(kernels: Tensor, mask_feats: Tensor, image: Tensor) -> Tensor:
