@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from stages.common.annotations import Problem, load_coco, parse_images
 from stages.common.config import option, save_resolved_config, sidecar_config_path
-from stages.common.errors import InputError
+from stages.common.errors import InputError, first_items
 from stages.common.io import atomic_write_json, check_output_path, sha256_file
 from stages.common.masks import segmentation_to_mask
+from stages.common.progress import progress as progress_bar
 from stages.points.sampler import MODES, Mode, object_rng, sample_point_in_mask
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,9 @@ def sample_points_checked(
     problems: list[Problem] = []
     anns = coco["annotations"]
     uses = Counter(ann.get("id") for ann in anns if isinstance(ann, dict))
-    for order, ann in enumerate(tqdm(anns, desc="points", unit="obj", disable=not progress)):
+    for order, ann in enumerate(
+        progress_bar(anns, desc="points", unit="obj", disable=not progress)
+    ):
         if not isinstance(ann, dict):
             problems.append(Problem(source, f"annotations[{order}] is not an object"))
             continue
@@ -147,10 +148,9 @@ def run_points(cfg: PointsConfig) -> PointsResult:
         progress=cfg.progress,  # type: ignore[arg-type]
     )
     if problems and cfg.on_error == "fail":
-        listed = "\n  ".join(str(p) for p in problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise InputError(
-            f"{len(problems)} annotation(s) cannot get a point in {source}:\n  {listed}{more}\n"
+            f"{len(problems)} annotation(s) cannot get a point in {source}:\n  "
+            f"{first_items(problems, sep=chr(10) + '  ')}\n"
             "(use --on-error skip to drop them and go on)"
         )
     for problem in problems:

@@ -12,12 +12,12 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from stages.common.annotations import OnError, PointSet, load_points, missing_image_files
 from stages.common.config import (
@@ -34,9 +34,10 @@ from stages.common.devices import (
     shard_of,
     spawn_workers,
 )
-from stages.common.errors import InputError, StoreError
+from stages.common.errors import InputError, StoreError, first_items
 from stages.common.io import read_image_rgb, sha256_file, temp_name
 from stages.common.masks import encode_masks, masks_to_boxes
+from stages.common.progress import progress as progress_bar
 from stages.propose.backends import ProposalBackend, get_backend
 from stages.propose.store import STATUS_DONE, STATUS_FAILED, ProposalStore, UnitResult
 
@@ -124,6 +125,15 @@ class ProposeSummary:
     complete: bool = False
     failures: list[str] = field(default_factory=list)
 
+    def add(self, outcome: ImageOutcome) -> None:
+        """Count one image's outcome."""
+        if outcome.error is None:
+            self.images_done += 1
+            self.points += outcome.points
+        else:
+            self.images_failed += 1
+            self.failures.append(outcome.error)
+
     def line(self) -> str:
         i, n = self.shard
         state = "store complete" if self.complete else "store incomplete (other shards pending)"
@@ -144,9 +154,10 @@ def _open_or_create(
     With ``--overwrite`` only shard 0 replaces a foreign store; the other shards of the same run wait for
     the replacement to appear, so concurrent workers never delete each other's fresh store.
     """
+    backend_fingerprint = backend.fingerprint()
     fingerprint = {
         "source_sha256": points.sha256,
-        "backend": backend.fingerprint(),
+        "backend": backend_fingerprint,
         "num_proposals": int(backend.num_proposals),
         "chunk_points": int(cfg.chunk_points),
     }
@@ -177,7 +188,7 @@ def _open_or_create(
     return ProposalStore.create(
         path,
         points,
-        backend.fingerprint(),
+        backend_fingerprint,
         backend.num_proposals,
         backend.proposal_order,
         chunk_points=cfg.chunk_points,
@@ -193,21 +204,19 @@ def _remove_store(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _propose_unit(
-    store: ProposalStore,
-    unit: int,
-    points: PointSet,
-    backend: ProposalBackend,
-    images_dir: Path,
-    on_error: OnError,
-    bar: tqdm,
-    summary: ProposeSummary,
-) -> UnitResult:
-    """Run the backend on every image of one unit and build its result arrays."""
+@dataclass
+class ImageOutcome:
+    """What happened to one image of a unit: its points were proposed, or it failed (``error``)."""
+
+    points: int
+    error: str | None = None
+
+
+def _empty_unit_result(store: ProposalStore, unit: int) -> UnitResult:
     m = store.num_proposals
     start, stop = store.unit_rows(unit)
     n = stop - start
-    res = UnitResult(
+    return UnitResult(
         boxes=np.zeros((n, m, 4), np.float32),
         scores=np.zeros((n, m), np.float32),
         area=np.zeros((n, m), np.int64),
@@ -215,6 +224,23 @@ def _propose_unit(
         status=np.zeros(n, np.uint8),
         error=np.full(n, "", dtype=object),
     )
+
+
+def _propose_unit(
+    store: ProposalStore,
+    unit: int,
+    points: PointSet,
+    backend: ProposalBackend,
+    images_dir: Path,
+    on_error: OnError,
+    res: UnitResult,
+) -> Iterator[ImageOutcome]:
+    """Run the backend on every image of one unit, filling ``res``; yields one outcome per image.
+
+    The caller keeps the progress bar and the summary; an unreadable image raises under ``on_error="fail"``
+    and is recorded in ``res`` (and yielded with its error) under ``"skip"``.
+    """
+    m = store.num_proposals
     ptr = points.image_ptr()
     lo, hi = int(store.unit_image_ptr[unit]), int(store.unit_image_ptr[unit + 1])
     offset = 0
@@ -239,9 +265,7 @@ def _propose_unit(
             log.warning("skipped image: %s", err)
             res.status[sl] = STATUS_FAILED
             res.error[sl] = str(err)
-            summary.images_failed += 1
-            summary.failures.append(str(err))
-            bar.update(1)
+            yield ImageOutcome(0, str(err))
             continue
         for batch in backend.propose(image, points.xy[ptr[i] : ptr[i + 1]]):
             b = batch.masks.shape[0]
@@ -252,12 +276,7 @@ def _propose_unit(
             res.rle[rows] = np.array(encode_masks(flat), dtype=object).reshape(b, m)
             res.scores[rows] = batch.scores
         res.status[sl] = STATUS_DONE
-        summary.images_done += 1
-        summary.points += k
-        bar.update(1)
-        elapsed = max(float(bar.format_dict.get("elapsed", 0.0)), 1e-6)
-        bar.set_postfix(points_per_s=f"{summary.points / elapsed:.1f}")
-    return res
+        yield ImageOutcome(k)
 
 
 def _make_backend(cfg: ProposeConfig) -> ProposalBackend:
@@ -329,10 +348,9 @@ def _load_inputs(cfg: ProposeConfig) -> PointSet:
     with_points = [img for img in points.images if per_image[img.index] > 0]
     missing = missing_image_files(with_points, images_dir)
     if missing and cfg.on_error == "fail":
-        shown = ", ".join(img.file_name for img in missing[:10])
         raise InputError(
-            f"{len(missing)} image file(s) missing under {images_dir}: {shown}"
-            + (" ..." if len(missing) > 10 else "")
+            f"{len(missing)} image file(s) missing under {images_dir}: "
+            + first_items(img.file_name for img in missing)
             + " (use --on-error skip to record them as failed and go on)"
         )
     return points
@@ -387,16 +405,22 @@ def run_propose(cfg: ProposeConfig) -> ProposeSummary:
         )
     if todo or not store.is_finalized():
         store = store.reopen_for_writing()
-    with tqdm(
+    with progress_bar(
         total=store.count_images(todo),
         desc=f"propose {shard}/{num_shards}",
         unit="img",
         disable=not cfg.progress,
     ) as bar:
         for unit in todo:
-            result = _propose_unit(
-                store, unit, points, backend, images_dir, cfg.on_error, bar, summary
-            )
+            result = _empty_unit_result(store, unit)
+            for outcome in _propose_unit(
+                store, unit, points, backend, images_dir, cfg.on_error, result
+            ):
+                summary.add(outcome)
+                bar.update(1)
+                if outcome.error is None:
+                    elapsed = max(float(bar.format_dict.get("elapsed", 0.0)), 1e-6)
+                    bar.set_postfix(points_per_s=f"{summary.points / elapsed:.1f}")
             store.write_unit(unit, result)
     summary.complete = store.finalize()
     summary.seconds = time.time() - t0

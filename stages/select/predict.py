@@ -149,11 +149,9 @@ def predict_store(
     sampler = EpochBatchSampler(images, batch_size, 0, 0, rank, world_size, shuffle=False)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
     if progress and rank == 0:
-        from tqdm import tqdm
+        from stages.common.progress import progress as progress_bar
 
-        loader = tqdm(
-            loader, total=len(sampler), desc="select: predict", unit="batch", dynamic_ncols=True
-        )
+        loader = progress_bar(loader, total=len(sampler), desc="select: predict", unit="batch")
     parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     for batch in loader:
         out = predict_batch(net, batch_to_device(batch, device), opts)

@@ -401,9 +401,9 @@ def train_selector(
 def _progress(cfg: SelectConfig, info: DistInfo, total: int, start: int):
     if not (cfg.progress and info.is_main):
         return None
-    from tqdm import tqdm
+    from stages.common.progress import progress as progress_bar
 
-    return tqdm(total=total, initial=start, desc="select: train", unit="it", dynamic_ncols=True)
+    return progress_bar(total=total, initial=start, desc="select: train", unit="it")
 
 
 def _step(
