@@ -76,6 +76,10 @@ def _show_default(info: FieldInfo) -> bool | str:
         return False
     if isinstance(value, tuple | list):
         return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
+        )
     return True
 
 
@@ -85,7 +89,9 @@ def _option(info: FieldInfo) -> Any:
         help_text += " [required: here or in --config]"
     elif info.choices and not all(c in help_text for c in info.choices):
         help_text += f" One of: {', '.join(info.choices)}."
-    default = None if info.required or isinstance(info.default, tuple | list) else info.default
+    default = (
+        None if info.required or isinstance(info.default, tuple | list | dict) else info.default
+    )
     if info.meta.get("from_cli") is not None and default is not None:
         default = str(default)
     if strip_optional(info.type) is bool and default is None and not info.required:

@@ -249,9 +249,15 @@ def resolve_config(
         layers.append(("--opts", dotted))  # type: ignore[arg-type]
 
     merged = OmegaConf.structured(schema)
+    mappings = [k for k, f in fields.items() if typing.get_origin(strip_optional(f.type)) is dict]
     for source, layer in layers:
         _check_layer(layer, fields, source)
         try:
+            for (
+                key
+            ) in mappings:  # a mapping given at a level replaces the lower level's, like a list
+                if _has_key(layer, key):
+                    OmegaConf.update(merged, key, {}, merge=False)
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as err:
             raise InputError(_omegaconf_message(err, source, fields)) from None
@@ -285,6 +291,14 @@ def check_choices(cfg: Any) -> None:
             )
 
 
+def _has_key(data: dict[str, Any], key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():
@@ -296,11 +310,13 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(
+    data: dict[str, Any], prefix: str = "", leaves: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and value and f"{prefix}{key}" not in leaves:
+            out.update(_flatten(value, f"{prefix}{key}.", leaves))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -308,7 +324,10 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_layer(layer: dict[str, Any], fields: dict[str, FieldInfo], source: str) -> None:
     """Unknown keys and non-bool values for bool fields (OmegaConf would turn 3 into True)."""
-    for key, value in _flatten(layer).items():
+    mappings = frozenset(
+        k for k, f in fields.items() if typing.get_origin(strip_optional(f.type)) is dict
+    )
+    for key, value in _flatten(layer, leaves=mappings).items():
         info = fields.get(key)
         if info is None:
             if any(k.startswith(key + ".") for k in fields) and value in ({}, None):

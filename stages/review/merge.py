@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from stages.common.config import save_resolved_config, sidecar_config_path
 from stages.common.errors import InputError
 from stages.common.io import atomic_write_json, load_json
 from stages.review.config import MergeConfig
@@ -260,6 +261,7 @@ def run_merge(cfg: MergeConfig) -> MergeResult:
         "merged %s: %d corrected, %d unchanged, %d deleted -> %s",
         cfg.corrected, n_corrected, n_unchanged, len(deleted), cfg.out,
     )  # fmt: skip
+    save_resolved_config(cfg, sidecar_config_path(cfg.out))
     return MergeResult(cfg.out, n_corrected, n_unchanged, len(deleted))
 
 

@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 from skimage import measure
 
 from stages import __version__
+from stages.common.config import save_resolved_config
 from stages.common.errors import InputError
 from stages.common.io import atomic_write_bytes, atomic_write_json, load_json
 from stages.common.selections import Selections, load_selections
@@ -258,6 +259,7 @@ def run_review(cfg: ReviewConfig) -> ReviewResult:
     ranking = cfg.out / "ranking.csv"
     atomic_write_bytes(ranking, _ranking_csv(pseudo, order, score, signals, why).encode())
     log.info("flagged %d of %d objects -> %s", k, len(order), todo)
+    save_resolved_config(cfg, Path(cfg.out) / "config.yaml")
     return ReviewResult(todo, ranking, k, len(order))
 
 

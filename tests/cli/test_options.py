@@ -15,6 +15,7 @@ from sapnet_cli.options import cli_fields
 from stages.export.config import EvaluateConfig, ExportConfig
 from stages.points.run import PointsConfig
 from stages.propose.run import ProposeConfig
+from stages.review.config import MergeConfig, ReviewConfig
 from stages.seg.config import TrainSegConfig
 from stages.select.config import SelectConfig
 from stages.synthetic.ablation import BenchSyntheticConfig
@@ -27,6 +28,8 @@ COMMANDS = {
     "evaluate": EvaluateConfig,
     "train-seg": TrainSegConfig,
     "bench-synthetic": BenchSyntheticConfig,
+    "review": ReviewConfig,
+    "merge-corrections": MergeConfig,
 }
 COCO4 = Path(__file__).resolve().parents[1] / "fixtures" / "coco4" / "annotations.json"
 
@@ -38,7 +41,7 @@ def test_option_defaults_are_the_config_defaults(name):
     assert "config" in params and "opts" in params
     for info in cli_fields(COMMANDS[name]):
         param = params[info.key.replace(".", "__")]
-        if info.required or isinstance(info.default, tuple | list):
+        if info.required or isinstance(info.default, tuple | list | dict):
             continue
         expected = info.default
         if info.meta.get("from_cli") is not None and expected is not None:

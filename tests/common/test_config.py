@@ -129,3 +129,18 @@ def test_fields_of_flattens_and_knows_flags():
     assert infos["flag"].flag == "--flag/--no-flag"
     assert infos["path"].required and not infos["count"].required
     assert not infos["steps"].on_cli and infos["steps"].default == (0.25, 0.75)
+
+
+@dataclass
+class WithMapping:
+    weights: dict[str, float] = field(default_factory=lambda: {"a": 1.0, "b": 1.0})
+
+
+def test_a_mapping_given_at_a_level_replaces_the_lower_one(tmp_path):
+    assert resolve_config(WithMapping).weights == {"a": 1.0, "b": 1.0}
+    assert resolve_config(WithMapping, None, {"weights": {"b": 2.0}}).weights == {"b": 2.0}
+    f = tmp_path / "c.yaml"
+    f.write_text("weights: {a: 3}\n")
+    assert resolve_config(WithMapping, f).weights == {"a": 3.0}
+    with pytest.raises(InputError, match="weights"):
+        resolve_config(WithMapping, None, {"weights": {"a": "x"}})
