@@ -60,7 +60,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from stages.propose.store import ProposalStore
     from stages.select.config import SelectConfig
     from stages.select.data import SelectDataset, batch_to_device, collate, load_store_arrays
-    from stages.select.forward import MethodOptions, SelectorForward, iteration_generator
+    from stages.select.forward import MethodOptions, SelectorLoss, iteration_generator
     from stages.select.model import build_model
     from stages.select.predict import predict_batch
     from stages.select.train import build_optimizer
@@ -91,13 +91,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["mode"] == "train":
         # With "pair", plain-MIL steps alternate with the timed steps on the same batches and network, so the
         # full/plain ratio is measured under the same machine load (the shared CPU drifts a lot).
-        fwd = SelectorForward(net, opts).train()
-        plain = SelectorForward(
-            net, MethodOptions.from_config(SelectConfig(**PATHS, **PLAIN))
-        ).train()
+        fwd = SelectorLoss(net, opts).train()
+        plain = SelectorLoss(net, MethodOptions.from_config(SelectConfig(**PATHS, **PLAIN))).train()
         optimizer = build_optimizer(net, cfg)
 
-        def step(module: SelectorForward, batch: dict, k: int) -> float:
+        def step(module: SelectorLoss, batch: dict, k: int) -> float:
             sync()
             t0 = time.perf_counter()
             losses = module(

@@ -53,7 +53,7 @@ from stages.export.selectors import (
     SELECTORS,
     SelectorInputs,
     aux_proposal_indices,
-    run_selector,
+    choose_proposals,
 )
 from stages.export.viz import InstanceLayer, choose_images, write_image_overlays
 from stages.propose.store import ProposalStore
@@ -228,7 +228,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     exported: dict[str, _Exported] = {}
     pending: list[tuple[Path, dict[str, Any], Any]] = []
     for name in cfg.selectors:
-        choice = run_selector(name, inputs, source=str(cfg.selections or store.path))
+        choice = choose_proposals(name, inputs, source=str(cfg.selections or store.path))
         aux_index = aux_keep = None
         if cfg.wants_aux(name):
             assert sel_sub is not None

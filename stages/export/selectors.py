@@ -1,7 +1,10 @@
 """Which of an object's M proposals becomes its pseudo mask: SAPNet and the baselines without training.
 
 Every selector is a pure function of per-object arrays returning a :class:`Choice` (proposal index and the
-pseudo label's ``score``), registered in :data:`SELECTORS` under its CLI name:
+pseudo label's ``score``), registered in :data:`SELECTORS` under its CLI name (``--selector``), and
+:func:`choose_proposals` runs one. Naming: in this module a "selector" is such a rule; the MIL network that
+`sapnet select` trains is the *selector network* (:mod:`stages.select`), whose output the ``sapnet`` and
+``psm`` rules read.
 
 - ``sapnet``: ``Selections.final_index`` (PRM + BMS box, matched back to a proposal); score = the bag score.
   With the point constraint (``SelectorInputs.allowed``), a pick outside the allowed proposals moves to the
@@ -176,7 +179,7 @@ SELECTORS: dict[str, SelectorSpec] = {
 }
 
 
-def run_selector(name: str, inputs: SelectorInputs, source: str = "selections") -> Choice:
+def choose_proposals(name: str, inputs: SelectorInputs, source: str = "selections") -> Choice:
     """Run selector ``name``; StoreError if it picks an index outside ``[0, M)``."""
     choice = SELECTORS[name].fn(inputs)
     m = inputs.scores.shape[1]

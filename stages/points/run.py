@@ -60,10 +60,10 @@ def sample_points(
     coco: dict[str, Any], mode: Mode = "center-gaussian", seed: int = 0
 ) -> dict[int, tuple[float, float]]:
     """``{annotation id: (x, y)}`` for every non-crowd annotation of ``coco`` with a usable mask."""
-    return sample_points_checked(coco, mode, seed)[0]
+    return sample_points_with_problems(coco, mode, seed)[0]
 
 
-def sample_points_checked(
+def sample_points_with_problems(
     coco: dict[str, Any],
     mode: Mode = "center-gaussian",
     seed: int = 0,
@@ -140,7 +140,7 @@ def run_points(cfg: PointsConfig) -> PointsResult:
     if Path(cfg.out).resolve() == Path(cfg.annotations).resolve():
         raise InputError(f"--out {cfg.out} would overwrite the input annotations file")
     check_output_path(cfg.out, "file", "--out")
-    points, problems = sample_points_checked(
+    points, problems = sample_points_with_problems(
         coco,
         cfg.mode,
         cfg.seed,

@@ -4,7 +4,7 @@ Everything runs on a whole batch at once: the N objects of the B images are conc
 says whose they are), the method's math comes from the pure functions of ``pdg``, ``mil``, ``pnpg`` and
 ``bms``. Boxes and points are in edge coordinates of the resized network input (see ``data.py``).
 
-Training (:class:`SelectorForward`):
+Training (:class:`SelectorLoss`):
 
 1. stage 0 (PSM): RoI features of the N x M proposals -> ``cls0, ins0 (N, M, C + 1)``; PDG scores
    ``S (N, M)``; loss ``0.25 * BCE(bag0, c)`` with the PDG-scaled logits (code) or the S^d factor (paper);
@@ -203,6 +203,34 @@ def prm_bag(psm: PSMOutput, opts: MethodOptions) -> Tensor:
     return ppg_boxes(base, s_dis, psm.boxes)
 
 
+def prm_embeddings(
+    net: SelectorNet,
+    feats: list[Tensor],
+    psm: PSMOutput,
+    bag: Tensor,
+    extra_boxes: Tensor | None = None,
+    extra_images: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RoI embeddings of the PRM bag ``(N, M1, D)`` and of ``extra_boxes (K, 4)`` (the negatives) ``(K, D)``.
+
+    The M proposals reuse the stage-0 embeddings (same boxes, same trunk); the PPG boxes ``bag[:, M:]`` and
+    the extra boxes (of images ``extra_images (K,)``) go through one RoI pass, PPG first in object order.
+    Training and prediction both embed the PRM bag here.
+    """
+    n, m = psm.boxes.shape[:2]
+    m1 = bag.shape[1]
+    dim = psm.embed.shape[-1]
+    boxes = [bag[:, m:].reshape(-1, 4)]
+    images = [psm.image_ids.repeat_interleave(m1 - m)]
+    if extra_boxes is not None and extra_images is not None:
+        boxes.append(extra_boxes)
+        images.append(extra_images)
+    rois = torch.cat([torch.cat(images)[:, None].to(bag.dtype), torch.cat(boxes)], dim=1)
+    embed = net.roi_embed(feats, rois) if rois.shape[0] else psm.embed.new_zeros((0, dim))
+    k = n * (m1 - m)
+    return torch.cat([psm.embed, embed[:k].reshape(n, m1 - m, dim)], dim=1), embed[k:]
+
+
 def negatives(
     psm: PSMOutput, sizes: list[tuple[int, int]], opts: MethodOptions, generator: torch.Generator
 ) -> tuple[list[Tensor], list[Tensor]]:
@@ -228,8 +256,8 @@ def iteration_generator(seed: int, iteration: int, rank: int) -> torch.Generator
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-class SelectorForward(nn.Module):
-    """Training forward of the selector: returns the weighted losses (the thing DDP wraps)."""
+class SelectorLoss(nn.Module):
+    """The selector's training loss as a module: forward returns the weighted losses (the thing DDP wraps)."""
 
     def __init__(self, net: SelectorNet, opts: MethodOptions):
         super().__init__()
@@ -271,13 +299,9 @@ class SelectorForward(nn.Module):
         generator: torch.Generator,
     ) -> dict[str, Tensor]:
         opts = self.opts
-        n, m = psm.boxes.shape[:2]
+        n = psm.boxes.shape[0]
         bag = prm_bag(psm, opts)
-        m1 = bag.shape[1]
-        # One RoI pass for the PPG boxes and the negatives of all images, PPG first (object order); the
-        # M proposals reuse the stage-0 features (same boxes, same trunk).
-        blocks = [bag[:, m:].reshape(-1, 4)]
-        neg_weights = None
+        neg_weights = neg_boxes_kept = neg_images = None
         if opts.use_npg:
             neg_boxes, neg_w = negatives(psm, sizes, opts, generator)
             neg_weights = torch.cat(neg_w)
@@ -288,15 +312,9 @@ class SelectorForward(nn.Module):
             # gradient (it is normalised by the number of bags, or by the weight > 0 count), so they
             # are not embedded at all.
             keep = neg_weights > 0
-            blocks.append(torch.cat(neg_boxes)[keep])
+            neg_boxes_kept = torch.cat(neg_boxes)[keep]
             neg_weights, neg_images = neg_weights[keep], neg_images[keep]
-        ppg_images = psm.image_ids.repeat_interleave(m1 - m)
-        img_idx = torch.cat([ppg_images, neg_images]) if opts.use_npg else ppg_images
-        rois = torch.cat([img_idx[:, None].to(bag.dtype), torch.cat(blocks)], dim=1)
-        dim = psm.embed.shape[-1]
-        embed = self.net.roi_embed(feats, rois) if rois.shape[0] else psm.embed.new_zeros((0, dim))
-        ppg_embed, neg_embed = embed[: n * (m1 - m)], embed[n * (m1 - m) :]
-        bag_embed = torch.cat([psm.embed, ppg_embed.reshape(n, m1 - m, dim)], dim=1)
+        bag_embed, neg_embed = prm_embeddings(self.net, feats, psm, bag, neg_boxes_kept, neg_images)
         cls1, ins1 = self.net.prm_head(bag_embed)
         bag1, _, _ = prm_bag_scores(cls1, ins1)
         pos = prm_positive_loss(bag1, psm.labels, psm.beta)

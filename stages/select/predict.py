@@ -41,6 +41,7 @@ from stages.select.forward import (
     MethodOptions,
     object_sizes,
     prm_bag,
+    prm_embeddings,
     run_psm,
     top1_box_for_bms,
 )
@@ -90,17 +91,7 @@ def predict_batch(
     heights, widths = object_sizes(batch["size"], psm.image_ids)
     if opts.use_prm:
         bag = prm_bag(psm, opts)
-        m1 = bag.shape[1]
-        embed = psm.embed
-        if m1 > m:
-            rois = torch.cat(
-                [
-                    psm.image_ids.repeat_interleave(m1 - m)[:, None].to(bag.dtype),
-                    bag[:, m:].reshape(-1, 4),
-                ],
-                1,
-            )
-            embed = torch.cat([embed, net.roi_embed(feats, rois).view(n, m1 - m, -1)], dim=1)
+        embed, _ = prm_embeddings(net, feats, psm, bag)
         cls1, ins1 = net.prm_head(embed)
         sel1 = selection_scores(cls1, ins1, psm.labels)
         prm_top = top1(sel1)

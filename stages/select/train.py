@@ -41,7 +41,7 @@ from stages.select.data import (
     batches_per_epoch,
     collate,
 )
-from stages.select.forward import MethodOptions, SelectorForward, iteration_generator
+from stages.select.forward import MethodOptions, SelectorLoss, iteration_generator
 from stages.select.model import SelectorNet
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def train_selector(
         run_dir / "metrics.jsonl", info.is_main, keep_until=resumed if resumed else None
     )
 
-    module = SelectorForward(net, MethodOptions.from_config(cfg)).to(device)
+    module = SelectorLoss(net, MethodOptions.from_config(cfg)).to(device)
     model: torch.nn.Module = module
     if info.active:
         ddp_device = [device.index] if device.type == "cuda" else None

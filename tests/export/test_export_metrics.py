@@ -22,7 +22,7 @@ from stages.export.report import (
 from stages.export.selectors import (
     SelectorInputs,
     aux_proposal_indices,
-    run_selector,
+    choose_proposals,
     select_largest,
     select_oracle,
     select_top1,
@@ -137,15 +137,15 @@ def _sel(final_index: list[int], psm_top1: list[int]) -> Selections:
 
 def test_selection_based_selectors_and_range_check():
     inputs = SelectorInputs(np.zeros((2, 3)), np.zeros((2, 3)), _sel([2, 0], [1, 2]))
-    sap = run_selector("sapnet", inputs)
+    sap = choose_proposals("sapnet", inputs)
     np.testing.assert_array_equal(sap.index, [2, 0])
     np.testing.assert_allclose(sap.score, [0.25, 0.75])
-    psm = run_selector("psm", inputs)
+    psm = choose_proposals("psm", inputs)
     np.testing.assert_array_equal(psm.index, [1, 2])
     np.testing.assert_allclose(psm.score, [0.2, 0.4])
     bad = SelectorInputs(np.zeros((2, 3)), np.zeros((2, 3)), _sel([3, 0], [0, 0]))
     with pytest.raises(StoreError, match="outside \\[0, 3\\)"):
-        run_selector("sapnet", bad)
+        choose_proposals("sapnet", bad)
 
 
 def test_aux_indices_are_prm_ranks_2_4_6():

@@ -129,7 +129,7 @@ def test_out_of_memory_suggests_smaller_batch(synth, tmp_path, monkeypatch):
     def oom(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(forward_mod.SelectorForward, "forward", oom)
+    monkeypatch.setattr(forward_mod.SelectorLoss, "forward", oom)
     with pytest.raises(TrainingError, match="--batch-size"):
         run_select(tiny_config(synth, tmp_path / "run", iters=2))
 
