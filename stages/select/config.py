@@ -81,12 +81,13 @@ class SelectConfig:
     ``weight_decay``, ``grad_clip`` (L2), ``warmup_iters`` from ``warmup_ratio``, x``lr_gamma`` steps at
     ``lr_steps`` = fractions of the run (epochs 8 and 11 of 12), ``flip`` probability.
 
-    Method switches: ``use_pdg``, ``use_prm``, ``use_ppg``, ``use_npg``, ``use_bms``; ``pdg_mode`` "logits"
+    Method switches: ``use_pdg``, ``use_prm``, ``use_ppg``, ``use_npg``, ``use_bms`` (without PRM, PPG and
+    NPG are switched off when the config is built); ``pdg_mode`` "logits"
     (code: class logits x S^d in the PSM loss) or "paper" (S^d multiplied into S_cls * S_ins, also for the
     PSM pick); ``pdg_power`` d = 1/64, ``pdg_distance_power`` 0.5; ``num_negatives`` 500 background negatives per
     image; BMS ``bms_t1`` 0.6, ``bms_t2`` 0.3.
 
-    Official-code behaviour (defaults) and the cleaner variants (docs/method.md §14):
+    Official-code behaviour (defaults) and the cleaner variants (docs/method.md §14, §15):
     ``top1_box`` "weighted" (the box handed to BMS is the top-1 proposal times ``s / (s + 1e-8)`` in
     float32, s = its selection score, as the code's top-k average with k = 1) or "exact" (the proposal
     itself); ``ppg_base`` "code" (stage-0 BMS box matched to the first proposal within strictly < 1 px on
@@ -199,18 +200,20 @@ class SelectConfig:
             return float(self.lr)
         return REFERENCE_LR * self.batch_size * world_size / REFERENCE_BATCH
 
-    def flags(self) -> dict[str, Any]:
-        """The method switches in effect, as recorded in the selections metadata.
+    def __post_init__(self) -> None:
+        # PNPG only feeds the PRM stage: without PRM there are no PPG positives and no NPG negatives
+        # (``--no-prm`` implies ``--no-pnpg``). The one place this rule is applied: when the config is
+        # built, so the recorded config says what ran; validate() never changes the config.
+        if not self.use_prm:
+            self.use_ppg = self.use_npg = False
 
-        PNPG only feeds the PRM stage, so without PRM there are no PPG positives and no NPG negatives
-        whatever ``use_ppg`` / ``use_npg`` say (``--no-prm`` implies ``--no-pnpg``; this is the one
-        place where that rule is applied).
-        """
+    def flags(self) -> dict[str, Any]:
+        """The method switches, as recorded in the selections metadata."""
         return {
             "use_pdg": self.use_pdg,
             "use_prm": self.use_prm,
-            "use_ppg": self.use_prm and self.use_ppg,
-            "use_npg": self.use_prm and self.use_npg,
+            "use_ppg": self.use_ppg,
+            "use_npg": self.use_npg,
             "use_bms": self.use_bms,
             "pdg_mode": self.pdg_mode,
             "ppg_base": self.ppg_base,

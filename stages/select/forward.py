@@ -76,11 +76,7 @@ class MethodOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> MethodOptions:
-        """The options of ``cfg``, with the switches in effect (``SelectConfig.flags``) when it has them."""
-        values = {f: getattr(cfg, f) for f in cls.__dataclass_fields__}
-        if hasattr(cfg, "flags"):
-            values.update({k: v for k, v in cfg.flags().items() if k in values})
-        return cls(**values)
+        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from stages.common.errors import InputError
@@ -65,11 +67,13 @@ def test_bad_options_name_the_option(tmp_path):
         build_config(None, **PATHS, predict_only=True, checkpoint=str(tmp_path / "none.pt"))
 
 
-def test_no_prm_implies_no_pnpg_without_changing_the_config():
+def test_no_prm_implies_no_pnpg_once_when_built_and_validate_changes_nothing():
     cfg = build_config(None, **PATHS, use_prm=False)
-    assert cfg.use_ppg and cfg.use_npg  # as given
-    assert not cfg.flags()["use_ppg"] and not cfg.flags()["use_npg"]  # in effect
-    assert cfg.validate() == cfg and cfg.use_ppg
+    assert not cfg.use_ppg and not cfg.use_npg
+    assert not SelectConfig(**PATHS, use_prm=False, use_ppg=True).use_ppg
+    before = SelectConfig(**PATHS)
+    after = dataclasses.replace(before)
+    assert after.validate() == before  # returns the config unchanged
     from stages.select.forward import MethodOptions
 
     opts = MethodOptions.from_config(cfg)
