@@ -209,7 +209,10 @@ def section_propose(rows: Rows, smoke: bool, budget_s: float) -> None:
     import torch
 
     import benchmarks.bench_propose as bp
+    from benchmarks.tiny_sam import register_vit_test
     from stages.propose.backends.sam import SamBackend, build_model
+
+    register_vit_test()
 
     t_end = time.monotonic() + budget_s
     device = _device(smoke)
@@ -373,8 +376,8 @@ def _train_curve(
     """SGD on SOLOv2 (random init, seed 0) over ``batches`` cycled: per-iteration losses and times."""
     import torch
 
+    from benchmarks.solov2_model import SOLOv2, build_torchvision_backbone
     from stages.seg.solov2.config import SOLOv2Config
-    from stages.seg.solov2.model import SOLOv2, build_torchvision_backbone
 
     torch.manual_seed(0)
     cfg = SOLOv2Config()
@@ -481,8 +484,11 @@ def _subset(src: Path, dst: Path, n_images: int | None) -> Path:
 def section_chain(rows: Rows, smoke: bool, budget_s: float) -> None:
     import torch
 
+    from benchmarks.tiny_sam import register_vit_test
     from sapnet_cli.app import main
     from stages.propose.backends.sam import build_model
+
+    register_vit_test()
 
     ex = REPO / "examples" / "coco-mini"
     device = "cpu" if smoke else "cuda"

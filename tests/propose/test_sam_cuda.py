@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.propose.backends.sam import SamBackend, build_sam_vit_test
+from benchmarks.tiny_sam import build_sam_vit_test
+from stages.propose.backends.sam import SamBackend
 
 POINTS = np.array([[5, 6], [40, 30], [100, 70], [0, 0], [20.4, 33.7]], dtype=np.float32)
 
