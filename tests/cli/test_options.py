@@ -12,6 +12,7 @@ import yaml
 
 from sapnet_cli.app import app, main
 from sapnet_cli.options import cli_fields
+from stages.common.config import fields_of
 from stages.export.config import EvaluateConfig, ExportConfig
 from stages.points.run import PointsConfig
 from stages.propose.run import ProposeConfig
@@ -100,6 +101,6 @@ def test_help_lists_file_only_settings_with_defaults(name, capsys):
     text = re.sub(r"\s+", " ", capsys.readouterr().out)
     hidden = [f for f in dataclasses.fields(COMMANDS[name]) if "help" not in f.metadata]
     for f in hidden:
-        if dataclasses.is_dataclass(f.type) or f.name == "thresholds":
-            continue
+        if any(info.key.startswith(f.name + ".") for info in fields_of(COMMANDS[name])):
+            continue  # a nested config: its own fields are listed
         assert f"{f.name}=" in text, f.name
