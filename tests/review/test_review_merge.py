@@ -39,7 +39,13 @@ def run(tmp_path_factory):
     # final_index: 11 -> proposal 2 (both cats), others the GT (0)
     sel = write_selections(store, root / "select", final_index=[2, 0, 0, 0])
     res = run_export(
-        ExportConfig(store=store, out=root / "pseudo.json", selections=sel, selectors=("sapnet",))
+        ExportConfig(
+            store=store,
+            out=root / "pseudo.json",
+            selections=sel,
+            selectors=("sapnet",),
+            point_constraint=False,  # keep the planted group pick: review must flag it
+        )
     )
     return {"root": root, "store": store, "gt": gt, "sel": sel, "pseudo": res.outputs["sapnet"]}
 
