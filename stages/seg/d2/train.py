@@ -229,6 +229,7 @@ def _worker(cfg: CfgNode, config: TrainSegConfig) -> None:
             trainer.train()
             results = getattr(trainer, "_last_eval_results", None)  # set by the final EvalHook
             checkpoint = out_dir / "model_final.pth"
+            _ensure_final_model(trainer, checkpoint, rank)
             iterations = int(trainer.iter)  # == max_iter after a complete run
         if rank == 0 and cfg.DATASETS.TEST and results:
             write_eval_files(
@@ -270,6 +271,35 @@ def _torchrun_worker(
         _worker(cfg, config)
 
 
+def _ensure_final_model(trainer: Trainer, final: Path, rank: int) -> None:
+    """Write ``model_final.pth`` when training is complete but the file is missing or unreadable.
+
+    A run killed while writing its final model has its last periodic checkpoint at ``max_iter``; resuming
+    it trains nothing, so detectron2 never writes the final model again. It is written here from the
+    resumed weights (rank 0), so a successful exit always leaves a loadable ``model_final.pth``.
+    """
+    if rank != 0:
+        return
+    try:
+        verify_checkpoint(final, "final model")
+    except TrainingError:
+        logger.info("training is complete but %s is missing or broken: writing it", final)
+        # The same fields as detectron2's PeriodicCheckpointer gives it (0-based last iteration).
+        trainer.checkpointer.save("model_final", iteration=int(trainer.max_iter) - 1)
+
+
+def _checkpoint_iteration(path: Path) -> int | None:
+    """Iterations a detectron2 checkpoint has trained (its saved 0-based ``iteration`` + 1), or None."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        it = data.get("iteration", (data.get("trainer") or {}).get("iteration"))
+        return None if it is None else int(it) + 1
+    except Exception:  # noqa: BLE001 - any unreadable file means "unknown"
+        return None
+
+
 def _iterations_done(metrics: Path) -> int | None:
     """Iterations trained so far in ``out_dir`` (last logged 0-based iteration + 1), from ``metrics.json``."""
     if not metrics.is_file():
@@ -295,7 +325,8 @@ def _summary(cfg: CfgNode, config: TrainSegConfig, num_classes: int) -> dict[str
         "model_final": str(final) if final.is_file() else None,
         "config": str(out_dir / "config.yaml"),
         "metrics": str(out_dir / "metrics.json"),
-        "iterations_done": _iterations_done(out_dir / "metrics.json"),
+        "iterations_done": _iterations_done(out_dir / "metrics.json")
+        or _checkpoint_iteration(final),
         "max_iter": int(cfg.SOLVER.MAX_ITER),
         "num_classes": num_classes,
         "device": cfg.MODEL.DEVICE,
