@@ -119,6 +119,8 @@ def work(chain: Path, tmp_path: Path) -> Path:
     os.chdir(dst)
     yield dst
     os.chdir(old)
+    # each copy holds the selector's checkpoints (~300 MB): drop it at once, or ~90 tests fill the disk
+    shutil.rmtree(dst, ignore_errors=True)
 
 
 def _mount(args: list[str]) -> str | None:
@@ -195,3 +197,5 @@ def readonly_dir(tmp_path: Path) -> Iterator[callable]:
             _mount(["umount", "-l", str(point)])
     for p in chmodded:
         p.chmod(0o755)
+    for copy in tmp_path.glob("*-src"):  # the copies behind the read-only views (checkpoints included)
+        shutil.rmtree(copy, ignore_errors=True)
