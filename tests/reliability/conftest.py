@@ -197,5 +197,6 @@ def readonly_dir(tmp_path: Path) -> Iterator[callable]:
             _mount(["umount", "-l", str(point)])
     for p in chmodded:
         p.chmod(0o755)
-    for copy in tmp_path.glob("*-src"):  # the copies behind the read-only views (checkpoints included)
+    # the copies behind the read-only views (checkpoints included)
+    for copy in tmp_path.glob("*-src"):
         shutil.rmtree(copy, ignore_errors=True)
