@@ -17,7 +17,9 @@ negatives), ``+BMS`` (the full selector). MPS belongs to SOLOv2 training and has
 :data:`EXTRA_ROWS` adds diagnostics; a row whose training equals an earlier row's (``+BMS`` after
 ``+PNPG``, ``mil1+BMS`` after ``mil1``: BMS acts at prediction only) reuses that selector.
 
-What the benchmark shows (3 seeds; numbers in the synthetic brief's report) and why:
+What the benchmark shows with the CLEAN variant (``VARIANTS["clean"]``, the defaults before the official-code
+behaviour became the default; 3 seeds; numbers in the synthetic brief's report) and why (the official variant
+with its Normal(0, 0.01) head learns much less in these 60-iteration CPU runs: docs/method.md):
 
 - mil1 picks a part of the object for about half of the objects: parts fill more of their box than the
   whole ellipse does, the paper's "preference for segments with more foreground";
