@@ -157,9 +157,11 @@ def neighbour_counts(
     if source is None:
         raise ValueError(f"test={test!r} needs {'counts' if test == 'mask' else 'boxes'}")
     p, m = source.shape[:2]
+    image_index = np.asarray(image_index)
+    if test == "box":
+        return _box_counts(image_index, np.asarray(category_id), xy, boxes)
     same = np.zeros((p, m), np.int32)
     other = np.zeros((p, m), np.int32)
-    image_index = np.asarray(image_index)
     order = np.argsort(image_index, kind="stable")
     bounds = np.flatnonzero(np.diff(image_index[order])) + 1
     for rows in np.split(order, bounds):
@@ -178,6 +180,38 @@ def neighbour_counts(
         other[rows] = inside.sum(-1)
         same[rows] = (inside & same_class[:, None, :]).sum(-1)
     return same, other
+
+
+def _image_pairs(image_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All ordered pairs ``(i, j)``, ``i != j``, of objects of the same image -> two ``(Q,)`` arrays
+    (no ``(P, P)`` matrix: each object is expanded into its image's members)."""
+    order = np.argsort(image_index, kind="stable")
+    _, start, size = np.unique(image_index[order], return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(size)), size)  # group of order[k]
+    per = size[group]  # members of each object's image
+    first = np.repeat(order, per)
+    block = np.repeat(np.cumsum(per) - per, per)
+    offset = np.arange(len(first)) - block
+    second = order[np.repeat(start[group], per) + offset]
+    keep = first != second
+    return first[keep], second[keep]
+
+
+def _box_counts(
+    image_index: np.ndarray, category_id: np.ndarray, xy: np.ndarray, boxes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`neighbour_counts` with the box test, vectorised over all same-image pairs at once."""
+    p, m = boxes.shape[:2]
+    i, j = _image_pairs(image_index)
+    pt = np.asarray(xy, np.float64)[j] + 0.5  # (Q, 2) pixel centres of the other points
+    b = np.asarray(boxes, np.float64)[i]  # (Q, M, 4)
+    px, py = pt[:, None, 0], pt[:, None, 1]
+    inside = (b[..., 0] < px) & (px < b[..., 2]) & (b[..., 1] < py) & (py < b[..., 3])  # (Q, M)
+    flat = (i[:, None] * m + np.arange(m)[None, :]).ravel()
+    other = np.bincount(flat, weights=inside.ravel(), minlength=p * m)
+    same_class = (category_id[i] == category_id[j])[:, None]
+    same = np.bincount(flat, weights=(inside & same_class).ravel(), minlength=p * m)
+    return same.reshape(p, m).astype(np.int32), other.reshape(p, m).astype(np.int32)
 
 
 def proposal_consensus(

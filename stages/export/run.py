@@ -192,15 +192,16 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             ]
         ).reshape(len(keep), store.num_proposals)
     sel_sub = _subset_selections(sel, keep) if sel is not None else None
-    boxes = store.boxes()[keep]
     inputs = SelectorInputs(
-        scores=scores, areas=areas, selections=sel_sub, gt_iou=gt_iou, boxes=boxes,
+        scores=scores, areas=areas, selections=sel_sub, gt_iou=gt_iou,
         point_rule=cfg.point_aware.rule, constrain=cfg.point_constraint,
     )  # fmt: skip
     n_fallback = 0
     learned = any(SELECTORS[n].needs_selections or cfg.wants_aux(n) for n in cfg.selectors)
     if any(SELECTORS[n].needs_points for n in cfg.selectors) or (cfg.point_constraint and learned):
         pa = cfg.point_aware
+        boxes = store.boxes()[keep]
+        inputs.boxes = boxes
         need_rle = pa.test == "mask" or ("point-aware" in cfg.selectors and pa.rule == "consensus")
         counts = store.rle(keep) if need_rle else None  # (P', M) RLEs, only for these two
         same, other = neighbour_counts(
