@@ -112,7 +112,6 @@ def quick(tmp_path_factory):
     return {r["row"]: r for r in results}
 
 
-@pytest.mark.slow  # margins were set for the old BMS/PPG defaults; issue 9's official defaults miss them (re-fit pending)
 def test_reduced_ablation_margins(quick):
     mil1, mil1_bms, pnpg, full = (quick[r] for r in ("mil1", "mil1+BMS", "+PNPG", "+BMS"))
     # the data holds the local issue: single MIL picks parts of the object for most objects
