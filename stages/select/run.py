@@ -30,12 +30,13 @@ from stages.common.devices import DistInfo, dist_info, process_group, resolve_de
 from stages.common.errors import InputError, TrainingError, first_items
 from stages.common.io import check_output_path, ensure_dir, image_size
 from stages.common.selections import Selections, save_selections, store_identity
+from stages.select.checkpoint import check_resume, load_checkpoint
 from stages.select.config import SelectConfig
 from stages.select.data import SelectDataset, StoreArrays, load_store_arrays
 from stages.select.forward import MethodOptions
 from stages.select.model import SelectorNet, build_model
 from stages.select.predict import predict_store
-from stages.select.train import check_resume, load_checkpoint, train_selector
+from stages.select.train import train_selector
 
 log = logging.getLogger(__name__)
 

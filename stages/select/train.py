@@ -8,16 +8,18 @@ Determinism: the data order and flips depend only on (seed, epoch, image) and th
 iteration, rank) (see ``data.py`` / ``forward.py``), and the model has no dropout, so a run resumed from
 ``RUN_DIR/checkpoints/last.pt`` (written at the end of every epoch, every ``checkpoint_interval`` iterations
 and at the end) continues exactly as the uninterrupted run would have. The checkpoint also keeps the torch /
-numpy / python RNG states and the optimiser's momentum buffers.
+numpy / python RNG states and the optimiser's momentum buffers (``checkpoint.py``).
+
+Reading order: `train_selector` builds a `_Trainer`, which restores a checkpoint (`_Trainer.__init__`), runs
+epochs (`_Trainer.run_epoch`, one `_step` per batch, `_Trainer.record` for metrics and progress) and saves
+(`_Trainer.save`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,17 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from stages import __version__
-from stages.common.config import config_to_dict
 from stages.common.devices import DistInfo
 from stages.common.errors import TrainingError
 from stages.common.io import atomic_write_bytes, ensure_dir
+from stages.select.checkpoint import (
+    check_resume,
+    checkpoint_path,
+    save_payload,
+    selector_payload,
+    set_rng_state,
+    training_payload,
+)
 from stages.select.config import SelectConfig
 from stages.select.data import (
     EpochBatchSampler,
@@ -46,16 +54,7 @@ from stages.select.model import SelectorNet
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "sapnet-selector-checkpoint"
-SELECTOR_FORMAT = "sapnet-selector"
 LOSS_KEYS = ("loss", "loss_psm", "loss_pos", "loss_neg")
-# Settings a resumed run must share with the run that wrote the checkpoint.
-RESUME_KEYS = (
-    "backbone", "fpn_channels", "fc_dim", "epochs", "iters", "batch_size", "lr", "seed", "short_side",
-    "max_size", "flip", "use_pdg", "use_prm", "use_ppg", "use_npg", "pdg_mode", "pdg_power",
-    "pdg_distance_power", "ppg_base", "num_negatives", "warmup_iters", "warmup_ratio", "lr_steps",
-    "top1_box", "head_init", "psm_normalise",
-)  # fmt: skip
 
 
 @dataclass
@@ -92,125 +91,6 @@ def build_optimizer(net: SelectorNet, cfg: SelectConfig) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def selector_payload(
-    net: SelectorNet, cfg: SelectConfig, categories: list[dict], iteration: int
-) -> dict:
-    """The ``selector.pt`` content: weights plus what prediction needs to rebuild the network."""
-    return {
-        "format": SELECTOR_FORMAT,
-        "sapnet_version": __version__,
-        "model": net.state_dict(),
-        "categories": categories,
-        "num_classes": net.num_classes,
-        "backbone": cfg.backbone,
-        "fpn_channels": cfg.fpn_channels,
-        "fc_dim": cfg.fc_dim,
-        "config": config_to_dict(cfg),
-        "iteration": iteration,
-    }
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a selector.pt / last.pt; TrainingError if it is not one."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise TrainingError(f"checkpoint {path} cannot be read: {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in (CHECKPOINT_FORMAT, SELECTOR_FORMAT):
-        raise TrainingError(f"{path} is not a sapnet selector checkpoint (selector.pt or last.pt)")
-    return ckpt
-
-
-# What ties a checkpoint to its proposal store (keys of ``stages.common.selections.store_identity``).
-STORE_KEYS = ("source_sha256", "created_at", "num_proposals", "num_points")
-
-
-def _check_resume(
-    ckpt: dict[str, Any],
-    cfg: SelectConfig,
-    categories: list[dict],
-    world: int,
-    path: Path,
-    store: dict[str, Any] | None = None,
-):
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(
-            f"cannot resume from {path}: it is a selector.pt, not a training checkpoint"
-        )
-    if store is not None:
-        made_from = ckpt.get("store")
-        if not isinstance(made_from, dict):
-            raise TrainingError(
-                f"cannot resume from {path}: it does not record which proposal store it was trained on "
-                "(written by an older sapnet); use a new --out directory to start over"
-            )
-        differs = [k for k in STORE_KEYS if made_from.get(k) != store.get(k)]
-        if differs:
-            raise TrainingError(
-                f"cannot resume from {path}: it was trained on another proposal store "
-                f"({made_from.get('path')}, differs in {', '.join(differs)}) than --store "
-                f"{store.get('path')}; use a new --out directory for this store"
-            )
-    old = ckpt["config"]
-    new = config_to_dict(cfg)
-    diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
-    if ckpt.get("world_size") != world:
-        diff.append(f"world size ({ckpt.get('world_size')} -> {world})")
-    if ckpt.get("categories") != categories:
-        diff.append("categories")
-    if diff:
-        raise TrainingError(
-            f"cannot resume from {path}: these settings differ from the interrupted run: {', '.join(diff)}. "
-            "Use the same options, or a new --out directory to start over."
-        )
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    """Where `sapnet select` keeps its training checkpoint: ``RUN_DIR/checkpoints/last.pt``."""
-    return Path(run_dir) / "checkpoints" / "last.pt"
-
-
-def check_resume(
-    run_dir: Path,
-    cfg: SelectConfig,
-    categories: list[dict],
-    world: int,
-    store: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """The checkpoint ``--resume`` would continue from, verified; None without ``--resume`` or checkpoint.
-
-    Raises TrainingError when the checkpoint cannot be read, was trained on another store or with other
-    settings. `run_select` calls it before writing anything into the run directory, so a refused resume
-    leaves ``config.yaml`` and the selections as they were.
-    """
-    path = checkpoint_path(run_dir)
-    if not cfg.resume or not path.is_file():
-        return None
-    ckpt = load_checkpoint(path)
-    _check_resume(ckpt, cfg, categories, world, path, store)
-    return ckpt
-
-
 def _is_oom(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
@@ -243,159 +123,6 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
-
-
-def train_selector(
-    net: SelectorNet,
-    cfg: SelectConfig,
-    dataset: SelectDataset,
-    train_images: np.ndarray,
-    run_dir: Path,
-    categories: list[dict],
-    device: torch.device,
-    info: DistInfo,
-    store: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train ``net`` in place on ``train_images`` (store image indices) and return it with a summary.
-
-    Writes ``RUN_DIR/checkpoints/last.pt``, ``RUN_DIR/metrics.jsonl`` and, at the end, ``RUN_DIR/selector.pt``
-    (rank 0). Raises TrainingError on a NaN/inf loss (naming the iteration; the last checkpoint is kept) and
-    on running out of memory.
-    """
-    ckpt_path = checkpoint_path(run_dir)
-    total, per_epoch = total_iterations(cfg, len(train_images), info.world_size)
-    base_lr = cfg.base_lr(info.world_size)
-    net.to(device)
-    optimizer = build_optimizer(net, cfg)
-    start_iter, epoch, start_batch, resumed = 0, 0, 0, None
-    ckpt = check_resume(run_dir, cfg, categories, info.world_size, store)
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"])
-        start_iter, epoch, start_batch = ckpt["iteration"], ckpt["epoch"], ckpt["batch"]
-        resumed = start_iter
-        log.info(
-            "resuming from %s at iteration %d (epoch %d, batch %d)",
-            ckpt_path,
-            start_iter,
-            epoch,
-            start_batch,
-        )
-    elif cfg.resume:
-        log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt_path)
-    metrics = MetricsLog(
-        run_dir / "metrics.jsonl", info.is_main, keep_until=resumed if resumed else None
-    )
-
-    module = SelectorLoss(net, MethodOptions.from_config(cfg)).to(device)
-    model: torch.nn.Module = module
-    if info.active:
-        ddp_device = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=ddp_device, find_unused_parameters=True
-        )
-    model.train()
-
-    def save(epoch_: int, batch_: int, it_: int) -> None:
-        if info.is_main:
-            _save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "sapnet_version": __version__,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "iteration": it_,
-                    "epoch": epoch_,
-                    "batch": batch_,
-                    "rng": _rng_state(),
-                    "config": config_to_dict(cfg),
-                    "categories": categories,
-                    "world_size": info.world_size,
-                    "store": store,
-                    "num_classes": net.num_classes,
-                    "backbone": cfg.backbone,
-                    "fpn_channels": cfg.fpn_channels,
-                    "fc_dim": cfg.fc_dim,
-                },
-                ckpt_path,
-            )
-
-    progress = _progress(cfg, info, total, start_iter)
-    it, last, seen, t_start = start_iter, {}, 0, time.perf_counter()
-    saved_at = start_iter if resumed is not None else -1
-    while it < total:
-        sampler = EpochBatchSampler(
-            train_images,
-            cfg.batch_size,
-            epoch,
-            cfg.seed,
-            info.rank,
-            info.world_size,
-            True,
-            start_batch,
-        )
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collate,
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        batch_index = start_batch
-        for batch in loader:
-            t0 = time.perf_counter()
-            losses = _step(
-                model,
-                optimizer,
-                batch,
-                device,
-                cfg,
-                info,
-                it,
-                lr_at(it, base_lr, total, cfg),
-                ckpt_path,
-            )
-            it += 1
-            batch_index += 1
-            dt = time.perf_counter() - t0
-            n_img = len(batch["size"]) * info.world_size
-            seen += n_img
-            last = {k: float(v) for k, v in losses.items()}
-            record = {"iter": it, "epoch": epoch, "lr": lr_at(it - 1, base_lr, total, cfg), **last}
-            record["images_per_s"] = n_img / max(dt, 1e-9)
-            metrics.write(record)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(
-                    loss=f"{last['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
-                )
-            if cfg.checkpoint_interval and it % cfg.checkpoint_interval == 0 and it < total:
-                save(epoch, batch_index, it)
-                saved_at = it
-            if it >= total:
-                break
-        if batch_index >= per_epoch:  # the epoch is complete
-            epoch, start_batch = epoch + 1, 0
-            save(epoch, 0, it)
-            saved_at = it
-        else:
-            start_batch = batch_index
-    if saved_at != it:
-        save(epoch, start_batch, it)
-    if progress is not None:
-        progress.close()
-    if info.is_main:
-        _save(selector_payload(net, cfg, categories, it), run_dir / "selector.pt")
-    elapsed = time.perf_counter() - t_start
-    return TrainResult(
-        net=net,
-        iterations=it,
-        epochs_done=it / per_epoch,
-        last_losses=last,
-        images_per_second=seen / elapsed if elapsed > 0 else 0.0,
-        resumed_from=resumed,
-    )
 
 
 def _progress(cfg: SelectConfig, info: DistInfo, total: int, start: int):
@@ -457,3 +184,174 @@ def _step(
             ) from None
         raise
     return {k: v.detach() for k, v in losses.items()}
+
+
+def _training_module(
+    net: SelectorNet, cfg: SelectConfig, device: torch.device, info: DistInfo
+) -> torch.nn.Module:
+    """The network with the method's losses, wrapped in DDP when a process group is active."""
+    module = SelectorLoss(net, MethodOptions.from_config(cfg)).to(device)
+    if not info.active:
+        return module
+    ddp_device = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=ddp_device, find_unused_parameters=True
+    )
+
+
+class _Trainer:
+    """One training run: where it is (iteration, epoch, next batch), the model and optimiser, its checkpoint,
+    metrics and progress. `train_selector` is its only user."""
+
+    def __init__(
+        self,
+        net: SelectorNet,
+        cfg: SelectConfig,
+        run_dir: Path,
+        categories: list[dict],
+        device: torch.device,
+        info: DistInfo,
+        store: dict[str, Any] | None,
+        num_images: int,
+    ):
+        self.net, self.cfg, self.run_dir, self.categories = net, cfg, run_dir, categories
+        self.device, self.info, self.store = device, info, store
+        self.ckpt_path = checkpoint_path(run_dir)
+        self.total, self.per_epoch = total_iterations(cfg, num_images, info.world_size)
+        self.base_lr = cfg.base_lr(info.world_size)
+        net.to(device)
+        self.optimizer = build_optimizer(net, cfg)
+        self.it, self.epoch, self.batch, self.resumed = 0, 0, 0, None
+        self._restore(check_resume(run_dir, cfg, categories, info.world_size, store))
+        self.saved_at = self.it if self.resumed is not None else -1
+        self.metrics = MetricsLog(
+            run_dir / "metrics.jsonl", info.is_main, keep_until=self.resumed or None
+        )
+        self.model = _training_module(net, cfg, device, info)
+        self.model.train()
+        self.progress = _progress(cfg, info, self.total, self.it)
+        self.last: dict[str, float] = {}
+        self.seen = 0
+
+    def _restore(self, ckpt: dict[str, Any] | None) -> None:
+        if ckpt is None:
+            if self.cfg.resume:
+                log.warning("--resume: no checkpoint at %s, starting from scratch", self.ckpt_path)
+            return
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        self.it, self.epoch, self.batch = ckpt["iteration"], ckpt["epoch"], ckpt["batch"]
+        self.resumed = self.it
+        log.info(
+            "resuming from %s at iteration %d (epoch %d, batch %d)",
+            self.ckpt_path, self.it, self.epoch, self.batch,
+        )  # fmt: skip
+
+    def save(self) -> None:
+        """Write ``last.pt`` at the current position (rank 0)."""
+        if self.info.is_main:
+            payload = training_payload(
+                self.net, self.optimizer, self.cfg, self.categories, self.info.world_size,
+                self.store, (self.it, self.epoch, self.batch),
+            )  # fmt: skip
+            save_payload(payload, self.ckpt_path)
+        self.saved_at = self.it
+
+    def loader(self, dataset: SelectDataset, train_images: np.ndarray) -> DataLoader:
+        """This epoch's batches from the current batch on (data order depends on seed, epoch, rank only)."""
+        cfg, info = self.cfg, self.info
+        sampler = EpochBatchSampler(
+            train_images, cfg.batch_size, self.epoch, cfg.seed, info.rank, info.world_size, True,
+            self.batch,
+        )  # fmt: skip
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def run_epoch(self, loader: DataLoader) -> None:
+        """Run the rest of the current epoch (or up to the last iteration); checkpoint at the epoch's end and
+        every ``checkpoint_interval`` iterations."""
+        cfg = self.cfg
+        for batch in loader:
+            lr = lr_at(self.it, self.base_lr, self.total, cfg)
+            t0 = time.perf_counter()
+            losses = _step(
+                self.model, self.optimizer, batch, self.device, cfg, self.info, self.it, lr,
+                self.ckpt_path,
+            )  # fmt: skip
+            self.it += 1
+            self.batch += 1
+            self.record(lr, losses, len(batch["size"]) * self.info.world_size, t0)
+            interval = cfg.checkpoint_interval
+            if interval and self.it % interval == 0 and self.it < self.total:
+                self.save()
+            if self.it >= self.total:
+                break
+        if self.batch >= self.per_epoch:  # the epoch is complete
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.save()
+
+    def record(self, lr: float, losses: dict[str, torch.Tensor], n_img: int, t0: float) -> None:
+        """One ``metrics.jsonl`` line and a progress tick for the iteration just run."""
+        dt = time.perf_counter() - t0
+        self.seen += n_img
+        self.last = {k: float(v) for k, v in losses.items()}
+        record = {"iter": self.it, "epoch": self.epoch, "lr": lr, **self.last}
+        record["images_per_s"] = n_img / max(dt, 1e-9)
+        self.metrics.write(record)
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(
+                loss=f"{self.last['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}"
+            )
+
+    def finish(self) -> None:
+        """Save the final position (if not saved yet), close the progress bar, write ``selector.pt``."""
+        if self.saved_at != self.it:
+            self.save()
+        if self.progress is not None:
+            self.progress.close()
+        if self.info.is_main:
+            save_payload(
+                selector_payload(self.net, self.cfg, self.categories, self.it),
+                self.run_dir / "selector.pt",
+            )
+
+
+def train_selector(
+    net: SelectorNet,
+    cfg: SelectConfig,
+    dataset: SelectDataset,
+    train_images: np.ndarray,
+    run_dir: Path,
+    categories: list[dict],
+    device: torch.device,
+    info: DistInfo,
+    store: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``net`` in place on ``train_images`` (store image indices) and return it with a summary.
+
+    Writes ``RUN_DIR/checkpoints/last.pt``, ``RUN_DIR/metrics.jsonl`` and, at the end, ``RUN_DIR/selector.pt``
+    (rank 0). With ``cfg.resume`` it continues from ``last.pt`` after `check_resume` verified it. Raises
+    TrainingError on a NaN/inf loss (naming the iteration; the last checkpoint is kept) and on running out of
+    memory.
+    """
+    trainer = _Trainer(net, cfg, run_dir, categories, device, info, store, len(train_images))
+    t_start = time.perf_counter()
+    while trainer.it < trainer.total:
+        trainer.run_epoch(trainer.loader(dataset, train_images))
+    trainer.finish()
+    elapsed = time.perf_counter() - t_start
+    return TrainResult(
+        net=net,
+        iterations=trainer.it,
+        epochs_done=trainer.it / trainer.per_epoch,
+        last_losses=trainer.last,
+        images_per_second=trainer.seen / elapsed if elapsed > 0 else 0.0,
+        resumed_from=trainer.resumed,
+    )
