@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:
 
 from stages.common.errors import InputError  # noqa: E402
 from stages.common.io import load_json  # noqa: E402
+from stages.export.report import report_value  # noqa: E402
 
 SELECTOR_ORDER = ("top1", "largest", "psm", "sapnet", "point-aware", "oracle")
 PAPER_NAMES = {
@@ -72,14 +73,6 @@ class TableRow:
     seg_trained: bool = False
 
 
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or d.get(k) is None:
-            return None
-        d = d[k]
-    return d
-
-
 def _pct(v: Any, scale: float) -> float | None:
     """``v * scale`` as a float, None for missing or non-finite values."""
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
@@ -109,11 +102,11 @@ def pseudo_rows(report: dict[str, Any]) -> list[TableRow]:
     rows = [
         TableRow(
             selector=str(c.get("name")),
-            objects=_get(c, "objects", "all") or c.get("num_predictions"),
-            mask_iou=_pct(_get(c, "mask_iou", "all"), 100.0),
-            box_iou=_pct(_get(c, "box_iou", "all"), 100.0),
-            pseudo_ap=_pct(_get(c, "ap_segm", "AP"), 100.0),
-            pseudo_ap50=_pct(_get(c, "ap_segm", "AP50"), 100.0),
+            objects=report_value(c, "objects", "all") or c.get("num_predictions"),
+            mask_iou=_pct(report_value(c, "mask_iou", "all"), 100.0),
+            box_iou=_pct(report_value(c, "box_iou", "all"), 100.0),
+            pseudo_ap=_pct(report_value(c, "ap_segm", "AP"), 100.0),
+            pseudo_ap50=_pct(report_value(c, "ap_segm", "AP50"), 100.0),
         )
         for c in cols
         if isinstance(c, dict)
@@ -136,8 +129,8 @@ def add_seg_results(rows: list[TableRow], seg: dict[str, dict[str, Any]]) -> lis
             rows.append(row)
             by_name[name] = row
         row.seg_trained = True
-        row.seg_ap = _pct(_get(doc, "metrics", "segm", "AP"), 1.0)
-        row.seg_ap50 = _pct(_get(doc, "metrics", "segm", "AP50"), 1.0)
+        row.seg_ap = _pct(report_value(doc, "metrics", "segm", "AP"), 1.0)
+        row.seg_ap50 = _pct(report_value(doc, "metrics", "segm", "AP50"), 1.0)
     return rows
 
 

@@ -45,6 +45,7 @@ from stages.export.report import (
     PredSet,
     classify_errors,
     object_overlaps,
+    report_value,
 )
 
 log = logging.getLogger(__name__)
@@ -314,14 +315,6 @@ def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or d.get(k) is None:
-            return None
-        d = d[k]
-    return d
-
-
 def quality_rows(report: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     """``[(label, dotted key, [value per selector])]`` of the quality table (percent, as report.md)."""
     cols = report["selectors"]
@@ -331,23 +324,29 @@ def quality_rows(report: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
             (
                 f"objects ({size})",
                 f"objects.{size}",
-                [str(_get(c, "objects", size) or 0) for c in cols],
+                [str(report_value(c, "objects", size) or 0) for c in cols],
             )
         )
     for size in ("all", *SIZE_NAMES):
         key = f"mask_iou.{size}"
-        rows.append((f"mask mIoU ({size})", key, [_pct(_get(c, "mask_iou", size)) for c in cols]))
+        rows.append(
+            (f"mask mIoU ({size})", key, [_pct(report_value(c, "mask_iou", size)) for c in cols])
+        )
     for size in ("all", *SIZE_NAMES):
         key = f"box_iou.{size}"
-        rows.append((f"mIoU_box ({size})", key, [_pct(_get(c, "box_iou", size)) for c in cols]))
+        rows.append(
+            (f"mIoU_box ({size})", key, [_pct(report_value(c, "box_iou", size)) for c in cols])
+        )
     for kind in ("group", "local", "iou_below_0.5"):
         label = "IoU < 0.5 %" if kind == "iou_below_0.5" else f"{kind} errors %"
-        rows.append((label, f"errors.{kind}", [_pct(_get(c, "errors", kind)) for c in cols]))
+        rows.append(
+            (label, f"errors.{kind}", [_pct(report_value(c, "errors", kind)) for c in cols])
+        )
     rows.append(
         (
             "Gap",
             "gap.gap",
-            [("n/a" if (g := _get(c, "gap", "gap")) is None else f"{g:.3f}") for c in cols],
+            [("n/a" if (g := report_value(c, "gap", "gap")) is None else f"{g:.3f}") for c in cols],
         )
     )
     for iou_type in ("segm", "bbox"):
@@ -356,7 +355,7 @@ def quality_rows(report: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
                 (
                     f"{iou_type} {k}",
                     f"ap_{iou_type}.{k}",
-                    [_pct(_get(c, f"ap_{iou_type}", k)) for c in cols],
+                    [_pct(report_value(c, f"ap_{iou_type}", k)) for c in cols],
                 )
             )
     return rows
@@ -385,10 +384,11 @@ def charts(report: dict[str, Any] | None, data: dict[str, Any]) -> list[tuple[st
     if report is not None:
         cols = report["selectors"]
         names = [c["name"] for c in cols]
-        by_size = {s: [_get(c, "mask_iou", s) for c in cols] for s in ("all", *SIZE_NAMES)}
+        by_size = {s: [report_value(c, "mask_iou", s) for c in cols] for s in ("all", *SIZE_NAMES)}
         out.append(("mask mIoU by object size (%)", bar_chart(by_size, names, 100.0)))
         errs = {
-            k: [_get(c, "errors", k) for c in cols] for k in ("group", "local", "iou_below_0.5")
+            k: [report_value(c, "errors", k) for c in cols]
+            for k in ("group", "local", "iou_below_0.5")
         }
         out.append(("errors by type (% of objects)", bar_chart(errs, names, 100.0)))
     for name in data["selectors"]:

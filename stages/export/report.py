@@ -302,7 +302,8 @@ def _num(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _get(d: dict[str, Any], *keys: str) -> Any:
+def report_value(d: Any, *keys: str) -> Any:
+    """``d[k1][k2]...`` of a report dict, or None where a level is missing, null or not a dict."""
     for k in keys:
         if not isinstance(d, dict) or d.get(k) is None:
             return None
@@ -317,21 +318,29 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("predictions", [str(c["num_predictions"]) for c in cols]),
     ]
     for size in ("all", *SIZE_NAMES):
-        rows.append((f"objects ({size})", [str(_get(c, "objects", size) or 0) for c in cols]))
+        rows.append(
+            (f"objects ({size})", [str(report_value(c, "objects", size) or 0) for c in cols])
+        )
     for size in ("all", *SIZE_NAMES):
-        rows.append((f"mask mIoU ({size})", [_pct(_get(c, "mask_iou", size)) for c in cols]))
+        rows.append(
+            (f"mask mIoU ({size})", [_pct(report_value(c, "mask_iou", size)) for c in cols])
+        )
     for size in ("all", *SIZE_NAMES):
-        rows.append((f"mIoU_box ({size})", [_pct(_get(c, "box_iou", size)) for c in cols]))
+        rows.append((f"mIoU_box ({size})", [_pct(report_value(c, "box_iou", size)) for c in cols]))
     if any("box_iou_bms" in c for c in cols):
-        rows.append(("mIoU_box BMS box (all)", [_pct(_get(c, "box_iou_bms", "all")) for c in cols]))
-    rows.append(("group errors %", [_pct(_get(c, "errors", "group")) for c in cols]))
-    rows.append(("local errors %", [_pct(_get(c, "errors", "local")) for c in cols]))
-    rows.append(("IoU < 0.5 %", [_pct(_get(c, "errors", "iou_below_0.5")) for c in cols]))
-    rows.append(("Gap", [_num(_get(c, "gap", "gap")) for c in cols]))
-    rows.append(("Gap: T_rv", [_num(_get(c, "gap", "t_rv")) for c in cols]))
+        rows.append(
+            ("mIoU_box BMS box (all)", [_pct(report_value(c, "box_iou_bms", "all")) for c in cols])
+        )
+    rows.append(("group errors %", [_pct(report_value(c, "errors", "group")) for c in cols]))
+    rows.append(("local errors %", [_pct(report_value(c, "errors", "local")) for c in cols]))
+    rows.append(("IoU < 0.5 %", [_pct(report_value(c, "errors", "iou_below_0.5")) for c in cols]))
+    rows.append(("Gap", [_num(report_value(c, "gap", "gap")) for c in cols]))
+    rows.append(("Gap: T_rv", [_num(report_value(c, "gap", "t_rv")) for c in cols]))
     for iou_type in ("segm", "bbox"):
         for k in AP_KEYS:
-            rows.append((f"{iou_type} {k}", [_pct(_get(c, f"ap_{iou_type}", k)) for c in cols]))
+            rows.append(
+                (f"{iou_type} {k}", [_pct(report_value(c, f"ap_{iou_type}", k)) for c in cols])
+            )
     header = "| metric | " + " | ".join(c["name"] for c in cols) + " |"
     sep = "|---|" + "---:|" * len(cols)
     lines = [
