@@ -26,7 +26,8 @@
 #   SELECT_ITERS=60 SELECT_BATCH=2 SELECT_BACKBONE=resnet18 SELECT_SHORT=256 SELECT_MAX=416 SELECT_WARMUP=10
 #   SELECT_WEIGHTS=none (imagenet: torchvision weights, downloaded once or from the torch cache)
 #   SEG_ITERS=40 SEG_BATCH=2 SEG_MIN=256 SEG_MAX=416 SEG_BACKBONE=R50 SEG_WARMUP=5 (LR warm-up iterations;
-#   the 1x schedule's 500 would cover the whole short run)
+#   the 1x schedule's 500 would cover the whole short run) SEG_SEED=0 (detectron2 SEED: a rerun gives the
+#   same SOLOv2 numbers; -1 draws a new seed each run)
 #   SAPNET_SAM_CHECKPOINT=FILE (use SAM), SAM_MODEL=vit_h|vit_l|vit_b|vit_t (default: from the file name)
 #   PROPOSE_BACKEND=NAME|package.module:factory (any other proposal backend; overrides the two above)
 set -euo pipefail
@@ -51,6 +52,7 @@ SEG_MIN="${SEG_MIN:-256}"
 SEG_MAX="${SEG_MAX:-416}"
 SEG_BACKBONE="${SEG_BACKBONE:-R50}"
 SEG_WARMUP="${SEG_WARMUP:-5}"
+SEG_SEED="${SEG_SEED:-0}"
 export PYTHONUNBUFFERED=1
 
 SAPNET=("$PY" -m sapnet_cli)
@@ -222,7 +224,7 @@ seg_stage() { # NAME SELECTOR
         --val "$EX/val/annotations.json" --val-images "$EX/images" --backbone "$SEG_BACKBONE" \
         --iters "$SEG_ITERS" --ims-per-batch "$SEG_BATCH" --min-size "$SEG_MIN" --max-size "$SEG_MAX" \
         --device "$DEVICE" \
-        --opts "SOLVER.WARMUP_ITERS=$SEG_WARMUP" "SOLVER.CHECKPOINT_PERIOD=$(((SEG_ITERS + 1) / 2))"
+        --opts "SOLVER.WARMUP_ITERS=$SEG_WARMUP" "SOLVER.CHECKPOINT_PERIOD=$(((SEG_ITERS + 1) / 2))" "SEED=$SEG_SEED"
 }
 seg_stage seg sapnet
 SEG_ARGS=(--seg "sapnet=$OUT/seg_sapnet")
