@@ -17,12 +17,12 @@ from stages.common.errors import DependencyError, InputError
 from stages.common.masks import masks_to_boxes
 from stages.propose.backends import ProposalBackend, get_backend
 from stages.propose.backends import checkpoints as ck
+from stages.propose.backends.prompted import prompt_boxes_from_masks
 from stages.propose.backends.sam import (
     SamBackend,
     build_mobile_sam_backend,
     build_model,
     build_sam_backend,
-    prompt_boxes_from_masks,
     use_sdpa_attention,
 )
 

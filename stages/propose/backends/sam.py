@@ -25,11 +25,10 @@ Tests and benchmarks add a tiny random-initialised SAM (``vit_test``, ``benchmar
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,18 +39,16 @@ from segment_anything.modeling import image_encoder as sam_image_encoder
 
 from stages.common.devices import resolve_device
 from stages.common.errors import DependencyError, InputError
-from stages.propose.backends.base import ProposalBatch, check_inputs
 from stages.propose.backends.checkpoints import resolve_checkpoint
+from stages.propose.backends.prompted import (
+    BOX_RULE,
+    PromptedBackend,
+    check_prompt_options,
+)
 
 MODELS = ("vit_h", "vit_l", "vit_b", "vit_t")
 """The SAM variants sapnet knows (``--model``); :func:`register_model` adds others (tests, plug-ins)."""
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 ATTENTIONS = ("sdpa", "original")
-BOX_RULE = "largest"
 log = logging.getLogger(__name__)
 
 
@@ -147,37 +144,7 @@ def use_sdpa_attention(sam: torch.nn.Module) -> int:
     return n
 
 
-def prompt_boxes_from_masks(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Box prompts for the second stage: around the largest of each point's masks, vectorised.
-
-    Args:
-        masks: ``(B, C, H, W)`` bool first-stage masks.
-        points: ``(B, 2)`` float ``[x, y]`` pixel-index points (fallback for all-empty masks).
-
-    Returns:
-        ``(B, 4)`` float32 ``xyxy`` boxes in SAM's prompt convention: *inclusive* pixel indices
-        ``[first col, first row, last col, last row]`` (a one-pixel mask at (r, c) gives ``[c, r, c, r]``).
-        The largest mask is chosen by pixel count, ties to the lowest index. Where all C masks are empty the box is
-        the point's pixel ``[x, y, x, y]`` (rounded, clipped to the image).
-    """
-    b, _, h, w = masks.shape
-    area = masks.flatten(2).sum(-1)  # (B, C)
-    chosen = masks[torch.arange(b, device=masks.device), area.argmax(1)]  # (B, H, W)
-    cols, rows = chosen.any(1), chosen.any(2)  # (B, W), (B, H)
-    xs = torch.arange(w, device=masks.device)
-    ys = torch.arange(h, device=masks.device)
-    x1 = torch.where(cols, xs, w).amin(1)
-    x2 = torch.where(cols, xs, -1).amax(1)
-    y1 = torch.where(rows, ys, h).amin(1)
-    y2 = torch.where(rows, ys, -1).amax(1)
-    boxes = torch.stack([x1, y1, x2, y2], 1).to(torch.float32)
-    px = points[:, 0].round().clamp(0, w - 1).to(torch.float32)
-    py = points[:, 1].round().clamp(0, h - 1).to(torch.float32)
-    fallback = torch.stack([px, py, px, py], 1)
-    return torch.where(cols.any(1)[:, None], boxes, fallback)
-
-
-class SamBackend:
+class SamBackend(PromptedBackend):
     """A :class:`~stages.propose.backends.base.ProposalBackend` over a segment-anything ``Sam`` model.
 
     Args:
@@ -207,26 +174,16 @@ class SamBackend:
         attention: str = "sdpa",
     ) -> None:
         _check_options(num_proposals, batch_points, precision, attention)
-        self.device = resolve_device(device)
-        if precision != "fp32" and self.device.type != "cuda":
-            raise InputError(
-                f"precision {precision!r} needs a CUDA device (got {self.device}); use fp32 on CPU"
-            )
+        self._setup(num_proposals, batch_points, precision, device)
         self.name, self.model_name, self.checkpoint_sha256 = name, model, checkpoint_sha256
-        self.num_proposals, self.batch_points = int(num_proposals), int(batch_points)
-        self.precision, self.attention = precision, attention
+        self.attention = attention
         self.sam = sam_model.to(self.device).eval()
         if attention == "sdpa" and use_sdpa_attention(self.sam) == 0:
             self.attention = "original"  # MobileSAM's TinyViT: nothing to swap, say so
         self.predictor = SamPredictor(self.sam)
-        self.proposal_order = [
-            f"point prompt, SAM multimask output {i} (decoder token {i + 1})" for i in range(3)
-        ]
-        if self.num_proposals == 6:
-            self.proposal_order += [
-                f"point + box around the {BOX_RULE} of proposals 0-2, SAM multimask output {i}"
-                for i in range(3)
-            ]
+        self.proposal_order = self._proposal_order(
+            [f"point prompt, SAM multimask output {i} (decoder token {i + 1})" for i in range(3)]
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         """Identity of the proposals this backend makes (batch size excluded: it does not change them)."""
@@ -235,76 +192,40 @@ class SamBackend:
             "model": self.model_name,
             "checkpoint_sha256": self.checkpoint_sha256,
             "num_proposals": self.num_proposals,
-            "prompts": {
-                "first": "point (label 1), multimask_output=True",
-                "second": "point + box around the largest first-stage mask (inclusive pixel "
-                "indices), multimask_output=True"
-                if self.num_proposals == 6
-                else None,
-            },
+            "prompts": self._prompts(),
             "box_rule": BOX_RULE,
             "precision": self.precision,
             "attention": self.attention,
         }
-
-    def _context(self) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        dtype = PRECISIONS[self.precision]
-        if dtype is not None:
-            stack.enter_context(torch.autocast(device_type="cuda", dtype=dtype))
-        return stack
 
     def encode(self, image: np.ndarray) -> None:
         """Run the image encoder once for ``image`` ((H, W, 3) uint8 RGB)."""
         with self._context():
             self.predictor.set_image(image, image_format="RGB")
 
-    def decode(
-        self, points: np.ndarray, num_proposals: int | None = None
+    def _image_hw(self) -> tuple[int, int]:
+        return tuple(self.predictor.original_size)
+
+    def _point_coords(self, points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return self.predictor.transform.apply_coords_torch(points, hw)
+
+    def _box_coords(self, boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return self.predictor.transform.apply_boxes_torch(boxes, hw)
+
+    def _predict(
+        self, coords: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Proposals for ``(B, 2)`` points of the encoded image, in one decoder call per stage.
+        masks, scores, _ = self.predictor.predict_torch(
+            coords, labels, boxes=boxes, multimask_output=True
+        )
+        return masks, scores
 
-        ``num_proposals`` (3 or 6) overrides the backend's M for this call (benchmarks).
-        Returns ``masks (B, M, H, W)`` bool and ``scores (B, M)`` float32, on the backend's device.
-        """
-        m = self.num_proposals if num_proposals is None else num_proposals
-        hw = tuple(self.predictor.original_size)
-        with self._context():
-            pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
-            coords = self.predictor.transform.apply_coords_torch(pts[:, None, :], hw)  # (B, 1, 2)
-            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
-            masks, scores, _ = self.predictor.predict_torch(coords, labels, multimask_output=True)
-            if m == 6:
-                boxes = prompt_boxes_from_masks(masks, pts)
-                boxes = self.predictor.transform.apply_boxes_torch(boxes, hw)
-                masks2, scores2, _ = self.predictor.predict_torch(
-                    coords, labels, boxes=boxes, multimask_output=True
-                )
-                masks, scores = torch.cat([masks, masks2], 1), torch.cat([scores, scores2], 1)
-        return masks, scores.float()
-
-    def propose(self, image: np.ndarray, points: np.ndarray) -> Iterator[ProposalBatch]:
-        """Encode ``image`` once, then yield proposals for chunks of ``batch_points`` points."""
-        image, pts = check_inputs(image, points, "SAM", np.float32)
-        if len(pts) == 0:
-            return
-        self.encode(image)
-        try:
-            for start in range(0, len(pts), self.batch_points):
-                masks, scores = self.decode(pts[start : start + self.batch_points])
-                yield ProposalBatch(start, masks.cpu().numpy(), scores.cpu().numpy())
-        finally:
-            self.predictor.reset_image()  # drop the image embedding
+    def _reset(self) -> None:
+        self.predictor.reset_image()  # drop the image embedding
 
 
 def _check_options(num_proposals: int, batch_points: int, precision: str, attention: str) -> None:
-    if num_proposals not in (3, 6):
-        raise InputError(f"SAM backends make 3 or 6 proposals per point, not {num_proposals}")
-    if int(batch_points) < 1:
-        raise InputError(f"batch_points must be >= 1, got {batch_points}")
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    check_prompt_options("SAM backends make", num_proposals, batch_points, precision)
     if attention not in ATTENTIONS:
         raise InputError(f"unknown attention {attention!r}; choose one of {list(ATTENTIONS)}")
 

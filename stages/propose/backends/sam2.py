@@ -10,7 +10,7 @@ Proposal order: the same contract as the ``sam`` backend (M = 6; M = 3 keeps the
 
 * 0-2: the three multimask outputs for the point prompt, in SAM 2's output order;
 * 3-5: the three multimask outputs for the point plus a box around the **largest** of masks 0-2 (SAM's inclusive
-  pixel-index box convention, :func:`~stages.propose.backends.sam.prompt_boxes_from_masks`).
+  pixel-index box convention, :func:`~stages.propose.backends.prompted.prompt_boxes_from_masks`).
 
 Coordinates: points are pixel-index ``[x, y]``; SAM 2 divides them by the image width/height and scales them to
 its square input (``image_size``, 1024), the image itself being resized to that square without keeping its aspect
@@ -37,9 +37,8 @@ import torch
 
 from stages.common.devices import resolve_device
 from stages.common.errors import DependencyError, InputError
-from stages.propose.backends.base import ProposalBatch, check_inputs
 from stages.propose.backends.checkpoints import ENV_SAM2_CHECKPOINT, resolve_checkpoint
-from stages.propose.backends.sam import BOX_RULE, PRECISIONS, prompt_boxes_from_masks
+from stages.propose.backends.prompted import BOX_RULE, PromptedBackend, check_prompt_options
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = (
@@ -135,7 +134,7 @@ def feature_sizes(sam2_model: torch.nn.Module) -> list[tuple[int, int]]:
     return [(size * f // stride,) * 2 for f in (4, 2, 1)]
 
 
-class Sam2Backend:
+class Sam2Backend(PromptedBackend):
     """A :class:`~stages.propose.backends.base.ProposalBackend` over a SAM 2 model.
 
     Args:
@@ -149,6 +148,7 @@ class Sam2Backend:
     """
 
     name = "sam2"
+    label = "SAM 2"
 
     def __init__(
         self,
@@ -162,24 +162,15 @@ class Sam2Backend:
         precision: str = "fp32",
     ) -> None:
         _check_options(num_proposals, batch_points, precision)
-        self.device = resolve_device(device)
-        if precision != "fp32" and self.device.type != "cuda":
-            raise InputError(
-                f"precision {precision!r} needs a CUDA device (got {self.device}); use fp32 on CPU"
-            )
+        self._setup(num_proposals, batch_points, precision, device)
         _, predictor_cls = _sam2_api()
         self.model_name, self.checkpoint_sha256 = model, checkpoint_sha256
-        self.num_proposals, self.batch_points = int(num_proposals), int(batch_points)
-        self.precision = precision
         self.sam2 = sam2_model.to(self.device).eval()
         self.predictor = predictor_cls(self.sam2)
         self.predictor._bb_feat_sizes = feature_sizes(self.sam2)
-        self.proposal_order = [f"point prompt, SAM 2 multimask output {i}" for i in range(3)]
-        if self.num_proposals == 6:
-            self.proposal_order += [
-                f"point + box around the {BOX_RULE} of proposals 0-2, SAM 2 multimask output {i}"
-                for i in range(3)
-            ]
+        self.proposal_order = self._proposal_order(
+            [f"point prompt, SAM 2 multimask output {i}" for i in range(3)]
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         """Identity of the proposals this backend makes (batch size excluded: it does not change them)."""
@@ -189,24 +180,10 @@ class Sam2Backend:
             "checkpoint_sha256": self.checkpoint_sha256,
             "image_size": int(self.sam2.image_size),
             "num_proposals": self.num_proposals,
-            "prompts": {
-                "first": "point (label 1), multimask_output=True",
-                "second": "point + box around the largest first-stage mask (inclusive pixel "
-                "indices), multimask_output=True"
-                if self.num_proposals == 6
-                else None,
-            },
+            "prompts": self._prompts(),
             "box_rule": BOX_RULE,
             "precision": self.precision,
         }
-
-    def _context(self) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        dtype = PRECISIONS[self.precision]
-        if dtype is not None:
-            stack.enter_context(torch.autocast(device_type="cuda", dtype=dtype))
-        return stack
 
     def encode(self, image: np.ndarray) -> None:
         """Run the image encoder once for ``image`` ((H, W, 3) uint8 RGB)."""
@@ -215,43 +192,25 @@ class Sam2Backend:
         with self._context(), _quiet_sam2_root_logs():
             self.predictor.set_image(image)
 
-    def decode(
-        self, points: np.ndarray, num_proposals: int | None = None
+    def _image_hw(self) -> tuple[int, int]:
+        return self.predictor._orig_hw[0]
+
+    def _point_coords(self, points: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return self.predictor._transforms.transform_coords(points, normalize=True, orig_hw=hw)
+
+    def _box_coords(self, boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return self.predictor._transforms.transform_boxes(boxes, normalize=True, orig_hw=hw)
+
+    def _predict(
+        self, coords: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Proposals for ``(B, 2)`` pixel-index points of the encoded image, one decoder call per stage.
+        masks, scores, _ = self.predictor._predict(
+            coords, labels, boxes=boxes, multimask_output=True
+        )
+        return masks, scores
 
-        ``num_proposals`` (3 or 6) overrides the backend's M for this call (benchmarks).
-        Returns ``masks (B, M, H, W)`` bool and ``scores (B, M)`` float32, on the backend's device.
-        """
-        m = self.num_proposals if num_proposals is None else num_proposals
-        pred = self.predictor
-        hw = pred._orig_hw[0]
-        with self._context():
-            pts = torch.as_tensor(points, dtype=torch.float32, device=self.device)
-            coords = pred._transforms.transform_coords(pts[:, None, :], normalize=True, orig_hw=hw)
-            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
-            masks, scores, _ = pred._predict(coords, labels, multimask_output=True)
-            if m == 6:
-                boxes = prompt_boxes_from_masks(masks, pts)
-                boxes = pred._transforms.transform_boxes(boxes, normalize=True, orig_hw=hw)
-                masks2, scores2, _ = pred._predict(
-                    coords, labels, boxes=boxes, multimask_output=True
-                )
-                masks, scores = torch.cat([masks, masks2], 1), torch.cat([scores, scores2], 1)
-        return masks, scores.float()
-
-    def propose(self, image: np.ndarray, points: np.ndarray) -> Iterator[ProposalBatch]:
-        """Encode ``image`` once, then yield proposals for chunks of ``batch_points`` points."""
-        image, pts = check_inputs(image, points, "SAM 2", np.float32)
-        if len(pts) == 0:
-            return
-        self.encode(image)
-        try:
-            for start in range(0, len(pts), self.batch_points):
-                masks, scores = self.decode(pts[start : start + self.batch_points])
-                yield ProposalBatch(start, masks.cpu().numpy(), scores.cpu().numpy())
-        finally:
-            self.predictor.reset_predictor()  # drop the image features
+    def _reset(self) -> None:
+        self.predictor.reset_predictor()  # drop the image features
 
 
 class _DropSam2Records(logging.Filter):
@@ -272,12 +231,7 @@ def _quiet_sam2_root_logs() -> Iterator[None]:
 
 
 def _check_options(num_proposals: int, batch_points: int, precision: str) -> None:
-    if num_proposals not in (3, 6):
-        raise InputError(f"the SAM 2 backend makes 3 or 6 proposals per point, not {num_proposals}")
-    if int(batch_points) < 1:
-        raise InputError(f"batch_points must be >= 1, got {batch_points}")
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    check_prompt_options("the SAM 2 backend makes", num_proposals, batch_points, precision)
 
 
 def build_sam2_backend(
