@@ -129,10 +129,13 @@ def _run(cfg: SelectConfig, info: DistInfo, device: torch.device, t0: float) -> 
         raise InputError(f"proposal store {store.path} has no object with proposals to train on")
     ident = store_identity(store)
     loaded = load_selector(cfg.checkpoint, categories) if cfg.predict_only else None
+    # Every rank continues from the same checkpoint, read once here; a foreign or mismatched one is refused
+    # before anything is written.
+    resume_from = None
+    if not cfg.predict_only:
+        resume_from = check_resume(run_dir, cfg, categories, info.world_size, ident)
     if info.is_main:
         ensure_dir(run_dir, "run directory (--out)")
-        if not cfg.predict_only:  # refuse a foreign or mismatched checkpoint: nothing written yet
-            check_resume(run_dir, cfg, categories, info.world_size, ident)
         save_resolved_config(
             cfg,
             run_dir / "config.yaml",
@@ -155,7 +158,16 @@ def _run(cfg: SelectConfig, info: DistInfo, device: torch.device, t0: float) -> 
             arrays, cfg.images, cfg.short_side, cfg.max_size, cfg.flip, cfg.seed
         )
         train = train_selector(
-            net, cfg, train_set, images, run_dir, categories, device, info, store=ident
+            net,
+            cfg,
+            train_set,
+            images,
+            run_dir,
+            categories,
+            device,
+            info,
+            store=ident,
+            resume_from=resume_from,
         )
         net, iterations = train.net, train.iterations
     test_set = SelectDataset(arrays, cfg.images, cfg.short_side, cfg.max_size, 0.0, cfg.seed)

@@ -34,7 +34,6 @@ from stages.common.devices import DistInfo
 from stages.common.errors import TrainingError
 from stages.common.io import atomic_write_bytes, ensure_dir
 from stages.select.checkpoint import (
-    check_resume,
     checkpoint_path,
     save_payload,
     selector_payload,
@@ -213,6 +212,7 @@ class _Trainer:
         info: DistInfo,
         store: dict[str, Any] | None,
         num_images: int,
+        resume_from: dict[str, Any] | None,
     ):
         self.net, self.cfg, self.run_dir, self.categories = net, cfg, run_dir, categories
         self.device, self.info, self.store = device, info, store
@@ -222,7 +222,7 @@ class _Trainer:
         net.to(device)
         self.optimizer = build_optimizer(net, cfg)
         self.it, self.epoch, self.batch, self.resumed = 0, 0, 0, None
-        self._restore(check_resume(run_dir, cfg, categories, info.world_size, store))
+        self._restore(resume_from)
         self.saved_at = self.it if self.resumed is not None else -1
         self.metrics = MetricsLog(
             run_dir / "metrics.jsonl", info.is_main, keep_until=self.resumed or None
@@ -333,15 +333,19 @@ def train_selector(
     device: torch.device,
     info: DistInfo,
     store: dict[str, Any] | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``net`` in place on ``train_images`` (store image indices) and return it with a summary.
 
     Writes ``RUN_DIR/checkpoints/last.pt``, ``RUN_DIR/metrics.jsonl`` and, at the end, ``RUN_DIR/selector.pt``
-    (rank 0). With ``cfg.resume`` it continues from ``last.pt`` after `check_resume` verified it. Raises
+    (rank 0). ``resume_from``: the checkpoint to continue from, as `check_resume` returned it after verifying
+    it (the caller reads it once, before writing anything). Raises
     TrainingError on a NaN/inf loss (naming the iteration; the last checkpoint is kept) and on running out of
     memory.
     """
-    trainer = _Trainer(net, cfg, run_dir, categories, device, info, store, len(train_images))
+    trainer = _Trainer(
+        net, cfg, run_dir, categories, device, info, store, len(train_images), resume_from
+    )
     t_start = time.perf_counter()
     while trainer.it < trainer.total:
         trainer.run_epoch(trainer.loader(dataset, train_images))
