@@ -121,12 +121,16 @@ def _contains_mask(
     return inside & cand
 
 
+def _strictly_inside(b: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """``x1 < px < x2 and y1 < py < y2`` for xyxy boxes ``b (..., 4)``, broadcast against ``px``, ``py``."""
+    return (b[..., 0] < px) & (px < b[..., 2]) & (b[..., 1] < py) & (py < b[..., 3])
+
+
 def _contains_box(boxes: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """``(n, M, n)`` bool: point j (pixel centre ``xy + 0.5``) lies STRICTLY inside box (i, m)."""
     p = np.asarray(xy, dtype=np.float64) + 0.5
     b = np.asarray(boxes, dtype=np.float64)[:, :, None, :]  # (n, M, 1, 4)
-    px, py = p[None, None, :, 0], p[None, None, :, 1]
-    return (b[..., 0] < px) & (px < b[..., 2]) & (b[..., 1] < py) & (py < b[..., 3])
+    return _strictly_inside(b, p[None, None, :, 0], p[None, None, :, 1])
 
 
 def neighbour_counts(
@@ -167,12 +171,9 @@ def neighbour_counts(
     for rows in np.split(order, bounds):
         if len(rows) < 2:
             continue
-        if test == "mask":
-            h, w = int(heights[rows[0]]), int(widths[rows[0]])
-            sub = None if boxes is None else boxes[rows]
-            inside = _contains_mask(counts[rows], xy[rows], h, w, sub)
-        else:
-            inside = _contains_box(boxes[rows], xy[rows])
+        h, w = int(heights[rows[0]]), int(widths[rows[0]])
+        sub = None if boxes is None else boxes[rows]
+        inside = _contains_mask(counts[rows], xy[rows], h, w, sub)
         n = len(rows)
         inside[np.arange(n), :, np.arange(n)] = False  # the object's own point
         cat = category_id[rows]
@@ -205,8 +206,7 @@ def _box_counts(
     i, j = _image_pairs(image_index)
     pt = np.asarray(xy, np.float64)[j] + 0.5  # (Q, 2) pixel centres of the other points
     b = np.asarray(boxes, np.float64)[i]  # (Q, M, 4)
-    px, py = pt[:, None, 0], pt[:, None, 1]
-    inside = (b[..., 0] < px) & (px < b[..., 2]) & (b[..., 1] < py) & (py < b[..., 3])  # (Q, M)
+    inside = _strictly_inside(b, pt[:, None, 0], pt[:, None, 1])  # (Q, M)
     flat = (i[:, None] * m + np.arange(m)[None, :]).ravel()
     other = np.bincount(flat, weights=inside.ravel(), minlength=p * m)
     same_class = (category_id[i] == category_id[j])[:, None]
