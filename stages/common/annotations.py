@@ -16,7 +16,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from stages.common.io import load_json, sha256_file
 log = logging.getLogger(__name__)
 
 OnError = Literal["fail", "skip"]
+ON_ERROR: tuple[str, ...] = get_args(OnError)
+"""The ``--on-error`` choices of the stages that read annotations (points, propose)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common.annotations import Problem, load_coco, parse_images
+from stages.common.annotations import ON_ERROR, Problem, load_coco, parse_images
 from stages.common.config import option, save_resolved_config, sidecar_config_path
 from stages.common.errors import InputError, first_items
 from stages.common.io import atomic_write_json, check_output_path, sha256_file
@@ -17,9 +17,6 @@ from stages.common.progress import progress as progress_bar
 from stages.points.sampler import MODES, Mode, object_rng, sample_point_in_mask
 
 log = logging.getLogger(__name__)
-
-
-ON_ERROR = ("fail", "skip")
 
 
 @dataclass
