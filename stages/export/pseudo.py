@@ -25,11 +25,8 @@ from pycocotools import mask as mask_utils
 
 from stages.common.errors import InputError
 from stages.common.io import (
-    atomic_write,
-    atomic_write_json,
     atomic_write_many,
     json_default,
-    json_writer,
     load_json,
 )
 from stages.common.masks import segmentation_problem
@@ -101,25 +98,6 @@ def build_annotations(
     return anns
 
 
-def write_json_atomic(path: str | Path, doc: Any) -> None:
-    """Stream ``doc`` as compact JSON into ``path`` atomically (``stages.common.io.atomic_write_json``)."""
-    atomic_write_json(path, doc, compact=True)
-
-
-def write_pseudo_json(
-    path: str | Path, header: dict[str, Any], annotation_chunks: Iterable[list[dict[str, Any]]]
-) -> int:
-    """Write ``{**header, "annotations": [...]}`` atomically, one chunk of annotations at a time.
-
-    Only one chunk is ever in memory, and each annotation is encoded by the C JSON encoder (``json.dumps``;
-    ``json.dump`` to a file falls back to the pure-Python encoder, ~10x slower). The output is the same compact
-    JSON as :func:`write_json_atomic` of the whole document. Returns the number of annotations written.
-    """
-    counter = [0]
-    atomic_write(path, pseudo_json_writer(header, annotation_chunks, counter))
-    return counter[0]
-
-
 def write_pseudo_jsons(
     items: list[tuple[Path, dict[str, Any], Iterable[list[dict[str, Any]]]]],
 ) -> list[int]:
@@ -144,7 +122,12 @@ def pseudo_json_writer(
     annotation_chunks: Iterable[list[dict[str, Any]]],
     counter: list[int] | None = None,
 ) -> Callable[[IO[bytes]], None]:
-    """A ``write(fh)`` streaming ``{**header, "annotations": [...]}`` (``counter[0]``: annotations written)."""
+    """A ``write(fh)`` streaming ``{**header, "annotations": [...]}`` (``counter[0]``: annotations written).
+
+    Only one chunk is ever in memory, and each annotation is encoded by the C JSON encoder (``json.dumps``;
+    ``json.dump`` to a file falls back to the pure-Python encoder, ~10x slower). The output is the compact
+    JSON of the whole document.
+    """
     if "annotations" in header:
         raise ValueError("header must not hold 'annotations' (they come from annotation_chunks)")
     head = json.dumps(header, separators=(",", ":"), default=json_default)
@@ -163,14 +146,6 @@ def pseudo_json_writer(
         fh.write(b"]}")
 
     return write
-
-
-def write_json_files_atomic(docs: dict[Path, Any]) -> None:
-    """Stream several documents as compact JSON into their paths as one unit: all files or none.
-
-    See :func:`stages.common.io.atomic_write_many`.
-    """
-    atomic_write_many([(Path(path), json_writer(doc, compact=True)) for path, doc in docs.items()])
 
 
 def _segmentation_rle(seg: Any, size: tuple[int, int]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.common.boxes import box_iou_aligned
 from stages.common.errors import StoreError
 from stages.common.selections import Selections
 from stages.export.point_aware import constrain_pick, select_point_aware
@@ -84,18 +85,6 @@ def select_largest(areas: np.ndarray, scores: np.ndarray) -> Choice:
     return Choice(index, _take(scores, index))
 
 
-def bag_box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of ``box (P, 4)`` with each of its object's ``boxes (P, M, 4)`` (xyxy) -> ``(P, M)``."""
-    a = np.asarray(box, np.float64)[:, None, :]
-    b = np.asarray(boxes, np.float64)
-    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    wa = np.clip(a[..., 2] - a[..., 0], 0, None) * np.clip(a[..., 3] - a[..., 1], 0, None)
-    wb = np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
-    union = wa + wb - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def select_psm(sel: Selections, allowed: np.ndarray | None = None) -> Choice:
     """PSM-only: ``sel.psm_top1``; score = ``sel.psm_scores`` at that proposal. With ``allowed (P, M)``
     a pick outside it moves to the allowed proposal with the best PSM score."""
@@ -116,7 +105,7 @@ def select_sapnet(
     if allowed is not None:
         if boxes is None:
             raise ValueError("the constrained sapnet selector needs the proposal boxes")
-        pref = bag_box_iou(np.asarray(sel.bms_box), boxes)
+        pref = box_iou_aligned(np.asarray(sel.bms_box)[:, None, :], boxes)  # (P, M)
         index, _ = constrain_pick(index, allowed, pref + 1e-6 * np.asarray(sel.prm_scores))
     return Choice(index, np.asarray(sel.bag_score, dtype=np.float32))
 

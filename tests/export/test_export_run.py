@@ -369,14 +369,14 @@ def test_export_streams_chunks_and_matches_one_chunk(tiny, tmp_path, monkeypatch
     assert len(whole["sapnet"]["annotations"]) == len(OBJECTS)
 
 
-def test_write_pseudo_json_equals_compact_dump(tmp_path):
-    from stages.export.pseudo import write_pseudo_json
+def test_write_pseudo_jsons_equals_compact_dump(tmp_path):
+    from stages.export.pseudo import write_pseudo_jsons
 
     header = {"info": {"a": 1}, "images": [{"id": 1}], "categories": []}
     anns = [{"id": i, "x": [i, 0.5]} for i in range(5)]
     path = tmp_path / "p.json"
-    assert write_pseudo_json(path, header, iter([anns[:2], [], anns[2:]])) == 5
+    assert write_pseudo_jsons([(path, header, iter([anns[:2], [], anns[2:]]))]) == [5]
     want = json.dumps({**header, "annotations": anns}, separators=(",", ":"))
     assert path.read_text() == want
-    assert write_pseudo_json(path, {}, iter([])) == 0
+    assert write_pseudo_jsons([(path, {}, iter([]))]) == [0]
     assert json.loads(path.read_text()) == {"annotations": []}

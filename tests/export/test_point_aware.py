@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from export_tinydata import OBJECTS, write_selections
 
+from stages.common.boxes import box_iou_aligned
 from stages.common.errors import InputError
 from stages.common.masks import encode_masks
 from stages.export.config import AUX_WEIGHT, ExportConfig
@@ -23,7 +24,6 @@ from stages.export.point_aware import (
     select_point_aware,
 )
 from stages.export.run import run_export
-from stages.export.selectors import bag_box_iou
 
 H = W = 8
 
@@ -130,10 +130,12 @@ def test_constrain_pick_and_aux() -> None:
     assert index.tolist() == [[1, 3], [3, 2]] and keep.tolist() == [[True, False], [True, False]]
 
 
-def test_bag_box_iou_by_hand() -> None:
+def test_bms_box_iou_with_the_bag_by_hand() -> (
+    None
+):  # the preference of the constrained sapnet pick
     box = np.array([[0.0, 0.0, 10.0, 10.0]])
     boxes = np.array([[[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]]])
-    assert bag_box_iou(box, boxes)[0] == pytest.approx([1.0, 50 / 150, 0.0])
+    assert box_iou_aligned(box[:, None, :], boxes)[0] == pytest.approx([1.0, 50 / 150, 0.0])
 
 
 def test_options_validate() -> None:
