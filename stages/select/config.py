@@ -32,6 +32,7 @@ PDG_MODES = ("logits", "paper")
 PPG_BASES = ("code", "psm")
 TOP1_BOXES = ("weighted", "exact")
 HEAD_INITS = ("normal", "xavier")
+"""Init of the shared FCs: "normal" (official, Normal(0, 0.01)) or "xavier" (Xavier uniform)."""
 PSM_NORMALISE = ("valid-bags", "all-bags")
 REFERENCE_BATCH = 32
 """Total batch of the reference lr (4 images x 8 GPUs)."""

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stages.select.config import PSM_NORMALISE
+
 PSM_LOSS_WEIGHT = 0.25
 """lambda of Eq. 9: the caller multiplies ``psm_loss`` by this."""
 PRM_ALPHA = 0.25
@@ -28,7 +30,6 @@ PRM_GAMMA = 2.0
 PRM_EPS = 1e-6
 
 _NEG_NORMALISE = ("bags", "negatives")
-PSM_NORMALISE = ("valid-bags", "all-bags")
 
 
 def _instance_probs(ins_logits: Tensor, valid: Tensor | None) -> Tensor:

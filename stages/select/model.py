@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from stages.common.errors import DependencyError, InputError
+from stages.select.config import HEAD_INITS
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ FPN_STRIDES = (4, 8, 16, 32, 64)
 FINEST_SCALE = 56.0
 ROI_SIZE = 7
 CLS_PRIOR = 0.01
-HEAD_INITS = ("normal", "xavier")
-"""Init of the shared FCs: "normal" (official, Normal(0, 0.01)) or "xavier" (Xavier uniform)."""
 _STAGE_CHANNELS = {
     "resnet18": (64, 128, 256, 512),
     "resnet50": (256, 512, 1024, 2048),
