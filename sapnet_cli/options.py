@@ -94,8 +94,6 @@ def _option(info: FieldInfo) -> Any:
     )
     if info.meta.get("from_cli") is not None and default is not None:
         default = str(default)
-    if strip_optional(info.type) is bool and default is None and not info.required:
-        default = None
     return typer.Option(
         default,
         *info.flag.split(" "),
@@ -206,8 +204,6 @@ def config_command(
             convert = info.meta.get("from_cli")
             if convert is not None and value is not None:
                 value = convert(value)
-            elif isinstance(value, Path) and strip_optional(info.type) is str:
-                value = str(value)
             given[info.key] = value
         extras = {name: kwargs[name] for name in extra}
         if prepare is not None:
