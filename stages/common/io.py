@@ -73,6 +73,9 @@ def load_json(path: str | Path, what: str = "JSON file") -> Any:
 STALE_TEMP_AGE_S = 24 * 3600.0
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
 _cleaned: set[tuple[str, str]] = set()
+_dot_entries: dict[str, list[Path]] = {}
+"""Per folder, its hidden entries when this process first cleaned there (one listing per folder, not per
+target: writing N files into one folder would otherwise list it N times)."""
 
 
 def temp_name(name: str, kind: str = "tmp") -> str:
@@ -127,18 +130,24 @@ def is_stale_temp(entry: Path, name: str, now: float | None = None) -> bool:
 def clean_stale_temps(folder: str | Path, name: str, force: bool = False) -> list[Path]:
     """Remove the stale temporaries of target ``name`` in ``folder`` (once per process unless ``force``).
 
+    The folder is listed once per process (``force`` lists it again): temporaries that appear later belong to
+    writers that were alive after this process started, and a later run cleans them.
+
     Returns the removed paths. Never raises: cleaning is best effort.
     """
     folder = Path(folder)
-    key = (str(folder.absolute()), name)
+    where = str(folder.absolute())
+    key = (where, name)
     if key in _cleaned and not force:
         return []
     _cleaned.add(key)
     removed: list[Path] = []
     try:
-        entries = [e for e in folder.iterdir() if e.name.startswith(f".{name}.")]
+        if force or where not in _dot_entries:
+            _dot_entries[where] = [e for e in folder.iterdir() if e.name.startswith(".")]
     except OSError:
         return removed
+    entries = [e for e in _dot_entries[where] if e.name.startswith(f".{name}.")]
     for entry in entries:
         if not is_stale_temp(entry, name):
             continue
