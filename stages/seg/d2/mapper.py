@@ -43,6 +43,9 @@ def decode_annotation_masks(
 ) -> tuple[np.ndarray, list]:
     """Decode an annotation's main and auxiliary masks: ``((1 + A, H, W) bool, A weights)``.
 
+    The masks are not checked again: the training file was validated when its dataset was registered
+    (``data.validate_coco_json``).
+
     Raises:
         ValueError: ``aux_segmentations`` and ``aux_weights`` have different lengths.
     """
@@ -54,7 +57,8 @@ def decode_annotation_masks(
         raise ValueError(
             f"annotation {anno.get('id', '?')}: {len(aux)} aux_segmentations but {len(weights)} aux_weights"
         )
-    masks = [segmentation_to_mask(seg, height, width) for seg in [anno["segmentation"], *aux]]
+    segs = [anno["segmentation"], *aux]
+    masks = [segmentation_to_mask(seg, height, width, check=False) for seg in segs]
     return np.stack(masks), [float(w) for w in weights]
 
 
