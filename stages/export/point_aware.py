@@ -30,6 +30,7 @@ from pycocotools import mask as mask_utils
 
 from stages.common.config import option
 from stages.common.errors import InputError
+from stages.export.gt import image_groups
 
 POINT_RULES = ("consensus", "median-area", "score", "largest", "smallest")
 POINT_SCOPES = ("same", "any")
@@ -166,16 +167,12 @@ def neighbour_counts(
         return _box_counts(image_index, np.asarray(category_id), xy, boxes)
     same = np.zeros((p, m), np.int32)
     other = np.zeros((p, m), np.int32)
-    order = np.argsort(image_index, kind="stable")
-    bounds = np.flatnonzero(np.diff(image_index[order])) + 1
-    for rows in np.split(order, bounds):
+    for _, rows in image_groups(image_index):
         if len(rows) < 2:
             continue
         h, w = int(heights[rows[0]]), int(widths[rows[0]])
         sub = None if boxes is None else boxes[rows]
-        inside = _contains_mask(counts[rows], xy[rows], h, w, sub)
-        n = len(rows)
-        inside[np.arange(n), :, np.arange(n)] = False  # the object's own point
+        inside = _contains_mask(counts[rows], xy[rows], h, w, sub)  # never the object's own point
         cat = category_id[rows]
         same_class = cat[:, None] == cat[None, :]  # (i, j)
         other[rows] = inside.sum(-1)
