@@ -28,11 +28,20 @@ SHA256_MEMO: dict[tuple[str, int, int], str] = {}
 """Digests already computed, keyed by (resolved path, size, mtime in ns): a changed file is hashed again."""
 
 
+def _sha256_key(p: Path) -> tuple[str, int, int]:
+    st = p.stat()
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def remember_sha256(path: str | Path, digest: str) -> None:
+    """Record the digest of a file just written (hashed while writing), so `sha256_file` does not read it."""
+    SHA256_MEMO[_sha256_key(Path(path))] = digest
+
+
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file, read in chunks (memoised on path, size and modification time)."""
     p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    key = _sha256_key(p)
     if key not in SHA256_MEMO:
         digest = hashlib.sha256()
         with open(p, "rb") as fh:

@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.common.errors import DependencyError, InputError
-from stages.common.io import SHA256_MEMO as _SHA_MEMO
-from stages.common.io import sha256_file  # noqa: F401 - part of this module's interface
+from stages.common.io import remember_sha256, sha256_file
 
 ENV_CHECKPOINT = "SAPNET_SAM_CHECKPOINT"
 ENV_SAM2_CHECKPOINT = "SAPNET_SAM2_CHECKPOINT"
@@ -271,6 +270,5 @@ def download_checkpoint(spec: CheckpointSpec, target: Path, *, timeout: float) -
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    st = target.stat()
-    _SHA_MEMO[(str(target.resolve()), st.st_size, st.st_mtime_ns)] = digest
+    remember_sha256(target, digest)
     return digest
