@@ -51,6 +51,16 @@ class AtomicCheckpointer(DetectionCheckpointer):
         )
 
 
+def load_mapped(path: Path) -> Any:
+    """``torch.load`` of a checkpoint on CPU, memory-mapped (not copied) where the file's format allows."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def verify_checkpoint(path: str | Path, what: str = "checkpoint", need_state: bool = False) -> None:
     """TrainingError unless ``path`` is a readable detectron2 checkpoint holding a ``model`` state.
 
@@ -66,12 +76,7 @@ def verify_checkpoint(path: str | Path, what: str = "checkpoint", need_state: bo
             "train again with a new --out"
         )
     try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=False)
+        data = load_mapped(path)
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise TrainingError(
             f"{what} {path} cannot be read ({type(err).__name__}: {err}); it is truncated or not a "

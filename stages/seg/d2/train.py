@@ -39,7 +39,12 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
 
 import stages.seg.d2.meta_arch  # noqa: E402,F401  (registers the SOLOv2 meta-architecture)
-from stages.seg.d2.checkpoint import AtomicCheckpointer, check_resume, verify_checkpoint  # noqa: E402
+from stages.seg.d2.checkpoint import (  # noqa: E402
+    AtomicCheckpointer,
+    check_resume,
+    load_mapped,
+    verify_checkpoint,
+)
 from stages.seg.d2.config import (  # noqa: E402
     BACKBONE_DEPTHS,
     get_sapnet_cfg,
@@ -293,7 +298,7 @@ def _checkpoint_iteration(path: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        data = load_mapped(path)
         it = data.get("iteration", (data.get("trainer") or {}).get("iteration"))
         return None if it is None else int(it) + 1
     except Exception:  # noqa: BLE001 - any unreadable file means "unknown"
