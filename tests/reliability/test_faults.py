@@ -136,8 +136,8 @@ def test_select_killed_then_resume_matches_the_uninterrupted_run(work: Path, cap
 
 # --------------------------------------------------------------------------- train-seg (slow)
 SEG = ["train-seg", "--train", "pseudo.json", "--images", "images", "--out", "seg", "--iters", "4",
-       "--ims-per-batch", "1", "--min-size", "64", "--max-size", "96", "--device", "cpu",
-       "--opts", "SOLVER.CHECKPOINT_PERIOD", "2"]  # fmt: skip
+       "--ims-per-batch", "1", "--min-size", "64", "--max-size", "96", "--device", "cpu"]  # fmt: skip
+SEG_OPTS = ["--opts", "SOLVER.CHECKPOINT_PERIOD", "2"]  # last: --opts takes every word after it
 
 
 @pytest.mark.slow
@@ -152,9 +152,9 @@ SEG = ["train-seg", "--train", "pseudo.json", "--images", "images", "--out", "se
 def test_train_seg_killed_then_resume_finishes_with_a_valid_model(work: Path, capfd, moment: str):
     import torch
 
-    proc = run_killed(moment, SEG, work)
+    proc = run_killed(moment, [*SEG, *SEG_OPTS], work)
     assert proc.returncode == KILLED, proc.stderr
-    res = run_cli([*SEG, "--resume"], capfd)
+    res = run_cli([*SEG, "--resume", *SEG_OPTS], capfd)
     assert res.code == 0, res.text
     assert "iterations 4/4" in res.text, res.text
     final = torch.load(work / "seg" / "model_final.pth", map_location="cpu", weights_only=False)
