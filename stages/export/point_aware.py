@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from stages.common.config import option
+from stages.common.config import check_choices, option
 from stages.common.errors import InputError
 from stages.export.gt import image_groups
 
@@ -72,16 +72,8 @@ class PointAwareOptions:
     )
 
     def validate(self) -> None:
-        for name, allowed_values in (
-            ("rule", POINT_RULES),
-            ("scope", POINT_SCOPES),
-            ("test", POINT_TESTS),
-        ):
-            value = getattr(self, name)
-            if value not in allowed_values:
-                raise InputError(
-                    f"point-aware {name} must be one of {', '.join(allowed_values)}; got {value!r}"
-                )
+        """InputError naming the option when a field is not one of its declared choices."""
+        check_choices(self)
 
 
 def _point_rles(pix: np.ndarray, h: int, w: int) -> list[dict]:
