@@ -12,16 +12,12 @@ from typing import Any, Optional
 import typer
 
 from sapnet_cli.options import config_command
-from stages.common.errors import InputError
-from stages.select.config import SelectConfig
+from stages.select.config import SelectConfig, epochs_or_iters
 
 
 def _prepare(given: dict[str, Any], extras: dict[str, Any]) -> None:
-    """``--epochs`` and ``--iters`` exclude each other; ``--epochs`` clears a config file's ``iters``."""
-    if "epochs" in given and given.get("iters") is not None:
-        raise InputError("give --epochs or --iters, not both")
-    if "epochs" in given:
-        given["iters"] = None
+    """``--epochs`` and ``--iters`` exclude each other; ``--pnpg/--no-pnpg`` sets PPG and NPG."""
+    epochs_or_iters(given)
     if extras["pnpg"] is not None:
         given["use_ppg"] = given["use_npg"] = extras["pnpg"]
 

@@ -282,8 +282,14 @@ def build_config(
     ``cli`` keys are SelectConfig field names (leave out what is not given). Giving ``epochs`` without
     ``iters`` clears a config file's ``iters`` (``iters`` wins when set).
     """
-    if "epochs" in cli and "iters" in cli and cli["iters"] is not None:
-        raise InputError("give --epochs or --iters, not both")
-    if "epochs" in cli:
-        cli["iters"] = None
+    epochs_or_iters(cli)
     return resolve_config(SelectConfig, config_file, cli, opts)
+
+
+def epochs_or_iters(given: dict[str, Any]) -> None:
+    """``epochs`` and ``iters`` exclude each other (InputError); giving ``epochs`` sets ``iters`` to None in
+    ``given`` so that it also clears a config file's ``iters``."""
+    if "epochs" in given and given.get("iters") is not None:
+        raise InputError("give --epochs or --iters, not both")
+    if "epochs" in given:
+        given["iters"] = None
