@@ -249,15 +249,16 @@ def format_table(results: list[dict[str, Any]]) -> str:
     head = ["configuration", "accuracy", "mean mask IoU", "group errors", "local errors", "offset"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        n = len(r.get("per_seed", [])) or 1
-        cells = [r["row"]]
-        for name in METRICS:
-            value = f"{100 * r[name]:.1f}"
-            if n > 1:
-                value += f" +- {100 * r[f'{name}_std']:.1f}"
-            cells.append(value)
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([r["row"]] + [_cell(r, m) for m in METRICS]) + " |")
     return "\n".join(lines)
+
+
+def _cell(r: dict[str, Any], metric: str) -> str:
+    """``metric`` of one result row in percent, ``+- std`` when it averages more than one seed."""
+    value = f"{100 * r[metric]:.1f}"
+    if len(r.get("per_seed", [])) > 1:
+        value += f" +- {100 * r[f'{metric}_std']:.1f}"
+    return value
 
 
 def format_variants(by_variant: dict[str, list[dict[str, Any]]]) -> str:
@@ -269,14 +270,7 @@ def format_variants(by_variant: dict[str, list[dict[str, Any]]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = by_variant[names[0]]
     for i, r in enumerate(first):
-        cells = [r["row"]]
-        for metric in short:
-            for v in names:
-                rv = by_variant[v][i]
-                value = f"{100 * rv[metric]:.1f}"
-                if len(rv.get("per_seed", [])) > 1:
-                    value += f" +- {100 * rv[f'{metric}_std']:.1f}"
-                cells.append(value)
+        cells = [r["row"]] + [_cell(by_variant[v][i], m) for m in short for v in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
